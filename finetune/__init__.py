@@ -1,0 +1,1 @@
+"""Fine-tuning and evaluation: CLUE tasks, offline demo tasks, metrics, submissions, probe."""
