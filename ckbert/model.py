@@ -1,0 +1,348 @@
+"""The CKBERT encoder and its masked-LM head, in one file (design.md, section 3).
+
+Parameter names are the checkpoint format: they are exactly those of Hugging Face
+`BertForMaskedLM` (layout `post_ln`) and `MegatronBertForMaskedLM` (layout `pre_ln`), so
+`model.state_dict()` holds the same keys as an HF `model.safetensors`. As in HF, the decoder is
+tied: its weight is `bert.embeddings.word_embeddings.weight` and its bias `cls.predictions.bias`
+(HF saves neither `cls.predictions.decoder.*` key), so there is no separate decoder module.
+
+post_ln (BERT):       x = LN(x + drop(attn(x))); x = LN(x + drop(ffn(x))); embeddings end in a LayerNorm
+pre_ln (Megatron):    x = x + drop(attn(LN(x))); x = x + drop(ffn(LN(x))); a final LN after the last
+                      layer, no LayerNorm on the embeddings
+
+The fused elementwise ops (bias + dropout + residual + LayerNorm, residual + LayerNorm, bias +
+GELU, the MLM head's linear + cross-entropy) come from `ckbert.kernels`; the backend is chosen once
+from `config.kernels` and changes no parameter. Each linear layer is applied with `F.linear`
+without its bias so that the bias lands in the fused op that follows.
+
+The model knows nothing of parallelism, precision or compilation (style.md, item 3).
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ckbert.model_config import ModelConfig
+
+
+def _bias_dropout_add_layernorm(x, bias, residual, ln_weight, ln_bias, eps, p, training, backend=None):
+    return F.layer_norm(residual + F.dropout(x + bias, p, training), x.shape[-1:], ln_weight, ln_bias, eps)
+
+
+def _add_layernorm(x, residual, ln_weight, ln_bias, eps, backend=None):
+    new_residual = x + residual
+    return F.layer_norm(new_residual, x.shape[-1:], ln_weight, ln_bias, eps), new_residual
+
+
+def _bias_gelu(x, bias, approximate, backend=None):
+    return F.gelu(x + bias, approximate=approximate)
+
+
+def _linear_cross_entropy(hidden, weight, bias, labels, ignore_index=-100, label_smoothing=0.0, backend=None):
+    return F.cross_entropy(F.linear(hidden, weight, bias).float(), labels, ignore_index=ignore_index,
+                           label_smoothing=label_smoothing)
+
+
+# Stand-in for ckbert.kernels (same names and signatures) until that package lands.
+kernels = types.SimpleNamespace(
+    select_backend=lambda requested: "torch",
+    bias_dropout_add_layernorm=_bias_dropout_add_layernorm,
+    add_layernorm=_add_layernorm,
+    bias_gelu=_bias_gelu,
+    linear_cross_entropy=_linear_cross_entropy,
+)
+
+# HF hidden_act -> torch GELU `approximate` ("gelu_new" is the tanh form).
+GELU_APPROXIMATE = {"gelu": "none", "gelu_new": "tanh"}
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        h = config.hidden_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, h, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, h)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, h)
+        if config.layout == "post_ln":
+            self.LayerNorm = nn.LayerNorm(h, eps=config.layer_norm_eps)
+        self.dropout_p = config.hidden_dropout_prob
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        # input_ids [B, L] -> [B, L, H]; the sum order (word + type) + position follows HF.
+        length = input_ids.shape[1]
+        if length > self.position_embeddings.num_embeddings:
+            raise ValueError(f"sequence length {length} > max_position_embeddings "
+                             f"{self.position_embeddings.num_embeddings}")
+        x = self.word_embeddings(input_ids)
+        if token_type_ids is None:
+            x = x + self.token_type_embeddings.weight[0]
+        else:
+            x = x + self.token_type_embeddings(token_type_ids)
+        x = x + self.position_embeddings.weight[:length]
+        if hasattr(self, "LayerNorm"):
+            x = F.layer_norm(x, x.shape[-1:], self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
+        return F.dropout(x, self.dropout_p, self.training)
+
+
+class SelfAttention(nn.Module):
+    """Holds `query`/`key`/`value`; SDPA with a key padding mask."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        h = config.hidden_size
+        self.query = nn.Linear(h, h)
+        self.key = nn.Linear(h, h)
+        self.value = nn.Linear(h, h)
+        self.num_heads = config.num_attention_heads
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        # x [B, L, H], mask [B, 1, 1, L] bool (True = attend) -> context [B, L, H]
+        b, length, h = x.shape
+        # One matmul for q, k and v: concatenating the three [H, H] weights is cheap next to it.
+        w = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+        qkv = F.linear(x, w, bias).view(b, length, 3, self.num_heads, h // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, L, head_dim]
+        ctx = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0
+        )
+        return ctx.transpose(1, 2).reshape(b, length, h)
+
+
+class Dense(nn.Module):
+    """A linear layer whose bias is applied by the fused op that follows (HF name `dense`)."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.dense = nn.Linear(n_in, n_out)
+
+
+class SelfOutput(Dense):
+    def __init__(self, config: ModelConfig):
+        super().__init__(config.hidden_size, config.hidden_size)
+        if config.layout == "post_ln":
+            self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+
+class FFNOutput(Dense):
+    def __init__(self, config: ModelConfig):
+        super().__init__(config.intermediate_size, config.hidden_size)
+        if config.layout == "post_ln":
+            self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.layout == "pre_ln":
+            self.ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self = SelfAttention(config)
+        self.output = SelfOutput(config)
+
+
+class Layer(nn.Module):
+    """One transformer block; its forward depends on the layout (see the module docstring)."""
+
+    def __init__(self, config: ModelConfig, backend: str):
+        super().__init__()
+        self.attention = Attention(config)
+        if config.layout == "pre_ln":
+            self.ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.intermediate = Dense(config.hidden_size, config.intermediate_size)
+        self.output = FFNOutput(config)
+        self.p = config.hidden_dropout_prob
+        self.eps = config.layer_norm_eps
+        self.approximate = GELU_APPROXIMATE[config.hidden_act]
+        self.backend = backend
+
+    def _ffn_in(self, x: torch.Tensor) -> torch.Tensor:
+        # [B, L, H] -> [B, L, FFN]
+        d = self.intermediate.dense
+        return kernels.bias_gelu(F.linear(x, d.weight), d.bias, self.approximate, backend=self.backend)
+
+    def forward_post_ln(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        att, out = self.attention.output, self.output
+        ctx = self.attention.self(x, mask)
+        x = kernels.bias_dropout_add_layernorm(
+            F.linear(ctx, att.dense.weight), att.dense.bias, x, att.LayerNorm.weight, att.LayerNorm.bias,
+            self.eps, self.p, self.training, backend=self.backend,
+        )
+        y = F.linear(self._ffn_in(x), out.dense.weight)
+        return kernels.bias_dropout_add_layernorm(
+            y, out.dense.bias, x, out.LayerNorm.weight, out.LayerNorm.bias,
+            self.eps, self.p, self.training, backend=self.backend,
+        )
+
+    def forward_pre_ln(
+        self, pending: torch.Tensor | None, residual: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`residual` is the stream; `pending` the previous sublayer's output not yet added to it
+        (None before the first layer). Returns the new (pending, residual) so that each add is
+        fused with the LayerNorm that follows it."""
+        ln = self.attention.ln
+        if pending is None:
+            y = F.layer_norm(residual, residual.shape[-1:], ln.weight, ln.bias, self.eps)
+        else:
+            y, residual = kernels.add_layernorm(pending, residual, ln.weight, ln.bias, self.eps,
+                                                backend=self.backend)
+        d = self.attention.output.dense
+        pending = F.dropout(F.linear(self.attention.self(y, mask), d.weight, d.bias), self.p, self.training)
+        y, residual = kernels.add_layernorm(pending, residual, self.ln.weight, self.ln.bias, self.eps,
+                                            backend=self.backend)
+        d = self.output.dense
+        pending = F.dropout(F.linear(self._ffn_in(y), d.weight, d.bias), self.p, self.training)
+        return pending, residual
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: ModelConfig, backend: str):
+        super().__init__()
+        self.layer = nn.ModuleList(Layer(config, backend) for _ in range(config.num_hidden_layers))
+        if config.layout == "pre_ln":
+            self.ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layout = config.layout
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.layout == "post_ln":
+            for layer in self.layer:
+                x = layer.forward_post_ln(x, mask)
+            return x
+        pending = None
+        for layer in self.layer:
+            pending, x = layer.forward_pre_ln(pending, x, mask)
+        if pending is None:  # no layers
+            return F.layer_norm(x, x.shape[-1:], self.ln.weight, self.ln.bias, self.ln.eps)
+        y, _ = kernels.add_layernorm(pending, x, self.ln.weight, self.ln.bias, self.ln.eps,
+                                     backend=self.backend)
+        return y
+
+
+class BertBody(nn.Module):
+    def __init__(self, config: ModelConfig, backend: str):
+        super().__init__()
+        self.embeddings = Embeddings(config)
+        self.encoder = Encoder(config, backend)
+
+
+class PredictionTransform(Dense):
+    def __init__(self, config: ModelConfig):
+        super().__init__(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+
+class Predictions(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.transform = PredictionTransform(config)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))  # the tied decoder's bias
+
+
+class MLMHead(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.predictions = Predictions(config)
+
+
+class CKBertForPreTraining(nn.Module):
+    """Encoder + MLM head with HF parameter names; the objectives live in `ckbert.objectives`."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.vocab_size is None:
+            raise ValueError("config.vocab_size is null: resolve it from the tokenizer first "
+                             "(ckbert.model_config.resolve_vocab_size)")
+        self.config = config
+        self.backend = kernels.select_backend(config.kernels)  # decided once, for every layer
+        self.bert = BertBody(config, self.backend)
+        self.cls = MLMHead(config)
+        self.approximate = GELU_APPROXIMATE[config.hidden_act]
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # As HF BertPreTrainedModel: N(0, initializer_range) for weights, zero biases, LayerNorm
+        # (1, 0), the padding row of the word embeddings zero, the output bias zero.
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, Predictions):
+            nn.init.zeros_(module.bias)
+
+    @property
+    def decoder_weight(self) -> torch.Tensor:
+        """[V, H]: the decoder is tied to the word embeddings."""
+        return self.bert.embeddings.word_embeddings.weight
+
+    @property
+    def decoder_bias(self) -> torch.Tensor:
+        return self.cls.predictions.bias
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids [B, L], attention_mask [B, L] (1 = real token) -> last hidden states [B, L, H]."""
+        mask = None
+        if attention_mask is not None:
+            mask = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, L]: masks keys only
+        x = self.bert.embeddings(input_ids, token_type_ids)
+        return self.bert.encoder(x, mask)
+
+    def mlm_hidden(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """hidden [B, L, H], positions [M] flat indices into B*L -> transformed rows [M, H].
+
+        Gathers first so the transform and the decoder run only on the M predicted rows."""
+        t = self.cls.predictions.transform
+        rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
+        y = kernels.bias_gelu(F.linear(rows, t.dense.weight), t.dense.bias, self.approximate,
+                              backend=self.backend)
+        return F.layer_norm(y, y.shape[-1:], t.LayerNorm.weight, t.LayerNorm.bias, t.LayerNorm.eps)
+
+    def mlm_logits(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """hidden [B, L, H], positions [M] -> logits [M, V]."""
+        return F.linear(self.mlm_hidden(hidden, positions), self.decoder_weight, self.decoder_bias)
+
+    def mlm_loss(
+        self,
+        hidden: torch.Tensor,
+        positions: torch.Tensor,
+        labels: torch.Tensor,
+        label_smoothing: float = 0.0,
+    ) -> torch.Tensor:
+        """Mean cross-entropy over the M predicted rows (labels [M], -100 ignored), without
+        materialising [M, V] logits when the fused kernel is active."""
+        return kernels.linear_cross_entropy(
+            self.mlm_hidden(hidden, positions), self.decoder_weight, self.decoder_bias, labels,
+            ignore_index=-100, label_smoothing=label_smoothing, backend=self.backend,
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [M, V] at `positions`, or [B, L, V] at every position when none are given."""
+        hidden = self.encode(input_ids, attention_mask, token_type_ids)
+        if positions is not None:
+            return self.mlm_logits(hidden, positions)
+        b, length = input_ids.shape
+        all_rows = torch.arange(b * length, device=input_ids.device)
+        return self.mlm_logits(hidden, all_rows).view(b, length, -1)

@@ -1,0 +1,112 @@
+"""Same weights -> same logits as transformers' BertForMaskedLM / MegatronBertForMaskedLM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from ckbert.hf_io import hf_config_dict
+
+
+def _hf_model(model, attn_implementation: str = "sdpa"):
+    """An HF masked-LM model of the same config holding `model`'s weights (strict key check)."""
+    cfg = hf_config_dict(model.config)
+    cls_name = cfg["architectures"][0]
+    hf_config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    # MegatronBert has only the eager attention in transformers 5
+    hf_config._attn_implementation = "eager" if model.config.layout == "pre_ln" else attn_implementation
+    hf = getattr(transformers, cls_name)(hf_config)
+    result = hf.load_state_dict(model.state_dict(), strict=False)
+    # the tied decoder keys are the only ones HF has beyond ours; we have none beyond HF's
+    assert set(result.missing_keys) == {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    assert result.unexpected_keys == []
+    return hf.eval()
+
+
+def test_parameter_names_match_hf(random_model):
+    model, _ = random_model
+    hf = _hf_model(model)
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in hf.named_parameters()]
+    saved_keys = set(hf.state_dict()) - {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    assert set(model.state_dict()) == saved_keys
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_same_logits_as_hf(random_model, make_batch, attn):
+    model, config = random_model
+    hf = _hf_model(model, attn)
+    ids, mask, types = make_batch(config)
+    with torch.no_grad():
+        ours = model(ids, mask, types)
+        theirs = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+    real = mask.bool()
+    assert ours.shape == theirs.shape == (*ids.shape, config.vocab_size)
+    torch.testing.assert_close(ours[real], theirs[real], rtol=1e-5, atol=1e-5)
+    # without token types (both default to type 0)
+    with torch.no_grad():
+        ours = model(ids, mask)
+        theirs = hf(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(ours[real], theirs[real], rtol=1e-5, atol=1e-5)
+
+
+def test_gathered_mlm_head_equals_full_logits(random_model, make_batch):
+    model, config = random_model
+    hf = _hf_model(model)
+    ids, mask, types = make_batch(config)
+    positions = torch.tensor([0, 5, 12, 13, 24, 25])  # flat indices into B*L (L = 11)
+    with torch.no_grad():
+        hidden = model.encode(ids, mask, types)
+        gathered = model.mlm_logits(hidden, positions)
+        theirs = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+    assert gathered.shape == (len(positions), config.vocab_size)
+    torch.testing.assert_close(gathered, theirs.reshape(-1, config.vocab_size)[positions], rtol=1e-5, atol=1e-5)
+
+
+def test_padding_does_not_leak(random_model, make_batch):
+    """Changing padded tokens changes nothing at real positions."""
+    model, config = random_model
+    ids, mask, types = make_batch(config)
+    other = ids.clone()
+    other[mask == 0] = 7
+    with torch.no_grad():
+        a = model.encode(ids, mask, types)
+        b = model.encode(other, mask, types)
+    real = mask.bool()
+    torch.testing.assert_close(a[real], b[real], rtol=0, atol=1e-6)
+
+
+def test_mlm_loss_matches_cross_entropy(random_model, make_batch):
+    model, config = random_model
+    ids, mask, types = make_batch(config)
+    positions = torch.tensor([1, 2, 15])
+    labels = torch.tensor([3, -100, 8])
+    with torch.no_grad():
+        hidden = model.encode(ids, mask, types)
+        loss = model.mlm_loss(hidden, positions, labels)
+        ref = torch.nn.functional.cross_entropy(model.mlm_logits(hidden, positions), labels)
+    torch.testing.assert_close(loss, ref)
+
+
+def test_dropout_only_in_training(layout, small_config, make_batch):
+    from ckbert.model import CKBertForPreTraining
+
+    config = small_config(layout, hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5)
+    model = CKBertForPreTraining(config)
+    ids, mask, types = make_batch(config)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model.encode(ids, mask), model.encode(ids, mask))
+        model.train()
+        assert not torch.equal(model.encode(ids, mask), model.encode(ids, mask))
+
+
+def test_gradients_reach_every_parameter(random_model, make_batch):
+    model, config = random_model
+    model.train()
+    ids, mask, types = make_batch(config)
+    hidden = model.encode(ids, mask, types)
+    model.mlm_loss(hidden, torch.tensor([0, 3, 14]), torch.tensor([5, 6, 7])).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    # token type 1 is used and every row is touched; only nothing may be left out
+    assert missing == []
