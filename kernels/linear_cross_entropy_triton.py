@@ -1,0 +1,99 @@
+"""Triton kernel and chunked driver for linear + cross-entropy (the MLM head's loss).
+
+The full [M, V] logits are never held: rows are processed in chunks of C rows. For each chunk the
+logits [C, V] come from one GEMM (cuBLAS); the Triton kernel then computes each row's loss with an
+online softmax over V and overwrites the logits in place with d loss / d logits; two more GEMMs turn
+them into the chunk's grad_hidden [C, H] and its share of grad_weight [V, H]. Gradients are thus
+computed in the forward (the loss is a scalar, so the backward only scales them by grad_output).
+"""
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .backend import check_device, interpreter_on
+
+_NEG_BIG = -3.0e38  # finite "minus infinity" for masked lanes: keeps exp(m_old - m_new) free of nan
+
+
+@triton.jit
+def _ce_rows_kernel(
+    Logits, stride, Labels, Loss,  # logits [C, V] (overwritten by d loss_row / d logits), labels [C], loss [C] fp32
+    V, ignore_index, smoothing,
+    BLOCK_V: tl.constexpr,
+):
+    row = tl.program_id(0)
+    ptr = Logits + row.to(tl.int64) * stride
+    label = tl.load(Labels + row)
+    valid = label != ignore_index
+    safe_label = tl.where(valid, label, 0)
+    # Pass 1: per-lane running max m and sum s of exp(z - m); plus the sum of logits (smoothing term).
+    m = tl.full((BLOCK_V,), _NEG_BIG, tl.float32)
+    s = tl.zeros((BLOCK_V,), tl.float32)
+    zsum = tl.zeros((BLOCK_V,), tl.float32)
+    for start in range(0, V, BLOCK_V):
+        cols = start + tl.arange(0, BLOCK_V)
+        z = tl.load(ptr + cols, mask=cols < V, other=_NEG_BIG).to(tl.float32)
+        m_new = tl.maximum(m, z)
+        s = s * tl.exp(m - m_new) + tl.exp(z - m_new)
+        zsum += tl.where(cols < V, z, 0.0)
+        m = m_new
+    row_max = tl.max(m, axis=0)
+    lse = row_max + tl.log(tl.sum(s * tl.exp(m - row_max), axis=0))
+    z_label = tl.load(ptr + safe_label).to(tl.float32)
+    # PyTorch's label smoothing: (1 - eps) * nll + eps * mean_j(-log p_j), mean_j(-log p_j) = lse - mean(z)
+    loss = (1.0 - smoothing) * (lse - z_label) + smoothing * (lse - tl.sum(zsum, axis=0) / V)
+    tl.store(Loss + row, tl.where(valid, loss, 0.0))
+    # Pass 2: d loss / d z_j = softmax_j - eps / V - (1 - eps) [j == label]; zero for ignored rows.
+    for start in range(0, V, BLOCK_V):
+        cols = start + tl.arange(0, BLOCK_V)
+        cmask = cols < V
+        z = tl.load(ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        g = tl.exp(z - lse) - smoothing / V - tl.where(cols == safe_label, 1.0 - smoothing, 0.0)
+        g = tl.where(valid, g, 0.0)
+        tl.store(ptr + cols, g.to(Logits.dtype.element_ty), mask=cmask)
+
+
+def default_chunk_size(n_rows: int, hidden: int, vocab: int) -> int:
+    """Rows per chunk so that a chunk's logits [C, V] are about the size of hidden [M, H]."""
+    chunks = max(1, math.ceil(vocab / hidden))
+    return max(1, triton.next_power_of_2(math.ceil(n_rows / chunks)))
+
+
+def linear_cross_entropy_fwd(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor,
+    ignore_index: int, smoothing: float, chunk_size: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """hidden [M, H], weight [V, H], bias [V] | None, labels [M] (all contiguous, one dtype) ->
+    mean loss (fp32 scalar), grad_hidden [M, H], grad_weight [V, H], grad_bias [V] | None (of the mean)."""
+    check_device(hidden, weight, labels)
+    n_rows, _ = hidden.shape
+    vocab = weight.shape[0]
+    chunk = chunk_size or default_chunk_size(n_rows, hidden.shape[1], vocab)
+    block_v = min(triton.next_power_of_2(vocab), 65536 if interpreter_on() else 4096)
+    loss_rows = torch.empty(n_rows, dtype=torch.float32, device=hidden.device)
+    grad_hidden = torch.empty_like(hidden)
+    grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+    grad_bias = torch.zeros(vocab, dtype=torch.float32, device=weight.device) if bias is not None else None
+    for start in range(0, n_rows, chunk):
+        h = hidden[start:start + chunk]  # [C, H]
+        logits = h @ weight.t() if bias is None else torch.addmm(bias, h, weight.t())  # [C, V]
+        _ce_rows_kernel[(h.shape[0],)](
+            logits, logits.stride(0), labels[start:start + chunk], loss_rows[start:start + chunk],
+            vocab, ignore_index, smoothing, BLOCK_V=block_v, num_warps=8 if block_v >= 2048 else 4,
+        )
+        grad_hidden[start:start + chunk] = logits @ weight  # [C, H]
+        grad_weight += (logits.t() @ h).float()  # [V, H], accumulated in fp32 across chunks
+        if grad_bias is not None:
+            grad_bias += logits.sum(dim=0, dtype=torch.float32)
+    # Scale by 1 / (number of counted rows) on the device: no host sync. All rows ignored gives
+    # nan, as torch.nn.functional.cross_entropy does.
+    inv_count = 1.0 / (labels != ignore_index).sum().to(torch.float32)
+    loss = loss_rows.sum() * inv_count
+    grad_hidden = (grad_hidden * inv_count).to(hidden.dtype)
+    grad_weight = (grad_weight * inv_count).to(weight.dtype)
+    if grad_bias is not None:
+        grad_bias = (grad_bias * inv_count).to(bias.dtype)
+    return loss, grad_hidden, grad_weight, grad_bias
