@@ -1,4 +1,26 @@
 """Accelerator layer: Triton fused kernels, their PyTorch references, backend selection.
 
-Imports nothing else of ckbert (design.md, section 1).
+Imports nothing else of ckbert (design.md, section 1). Each op has a pure-PyTorch reference (the
+"torch" backend and the CPU path) next to its Triton kernels; `select_backend` decides once per
+process which one runs (docs/kernels.md). Triton itself is imported only when a Triton kernel runs.
 """
+
+from .add_layernorm import add_layernorm, add_layernorm_reference, bias_dropout_add_layernorm
+from .backend import reset_backend, select_backend
+from .bias_gelu import bias_gelu, bias_gelu_reference
+from .contrastive import contrastive_loss, contrastive_loss_reference
+from .linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
+
+__all__ = [
+    "add_layernorm",
+    "add_layernorm_reference",
+    "bias_dropout_add_layernorm",
+    "bias_gelu",
+    "bias_gelu_reference",
+    "contrastive_loss",
+    "contrastive_loss_reference",
+    "linear_cross_entropy",
+    "linear_cross_entropy_reference",
+    "reset_backend",
+    "select_backend",
+]
