@@ -1,0 +1,56 @@
+"""Opening a local Hugging Face BERT-family checkpoint folder (ours or public), without the hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ckbert.errors import UserError
+
+
+def load_tokenizer(model_dir: Path) -> Any:
+    """The folder's fast tokenizer; offsets (CMRC2018, NER) need a fast one."""
+    from transformers import AutoTokenizer
+
+    check_model_dir(model_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserError(f"cannot load a tokenizer: {str(exc).splitlines()[0]}", path=model_dir) from None
+    if not tokenizer.is_fast:
+        raise UserError("the tokenizer is not a fast (Rust) tokenizer; offsets need one", path=model_dir)
+    return tokenizer
+
+
+def check_model_dir(model_dir: Path) -> dict[str, Any]:
+    """The folder's config.json as a dict, or a UserError when the folder is not a model."""
+    from transformers import AutoConfig
+
+    if not model_dir.is_dir():
+        raise UserError("model folder not found", path=model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise UserError("not a Hugging Face model folder (no config.json)", path=model_dir)
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"cannot read config.json: {str(exc).splitlines()[0]}", path=model_dir) from None
+    has_weights = any(
+        (model_dir / name).is_file()
+        for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    )
+    if not has_weights:
+        raise UserError("no model weights (model.safetensors) in the model folder", path=model_dir)
+    return config.to_dict()
+
+
+def max_positions(model_dir: Path) -> int:
+    config = check_model_dir(model_dir)
+    return int(config.get("max_position_embeddings", 512))
+
+
+def load_model(model_cls: Any, model_dir: Path, **kwargs: Any) -> Any:
+    """`model_cls` (an AutoModelFor* class) from the folder; a new task head is randomly initialised."""
+    try:
+        return model_cls.from_pretrained(str(model_dir), local_files_only=True, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load the model: {str(exc).splitlines()[0]}", path=model_dir) from None

