@@ -33,8 +33,8 @@ def _bias_dropout_add_layernorm(x, bias, residual, ln_weight, ln_bias, eps, p, t
     return F.layer_norm(residual + F.dropout(x + bias, p, training), x.shape[-1:], ln_weight, ln_bias, eps)
 
 
-def _add_layernorm(x, residual, ln_weight, ln_bias, eps, backend=None):
-    new_residual = x + residual
+def _add_layernorm(x, residual, ln_weight, ln_bias, eps, backend=None, *, bias=None, p=0.0, training=False):
+    new_residual = residual + F.dropout(x + bias, p, training)
     return F.layer_norm(new_residual, x.shape[-1:], ln_weight, ln_bias, eps), new_residual
 
 
@@ -179,24 +179,29 @@ class Layer(nn.Module):
         )
 
     def forward_pre_ln(
-        self, pending: torch.Tensor | None, residual: torch.Tensor, mask: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`residual` is the stream; `pending` the previous sublayer's output not yet added to it
-        (None before the first layer). Returns the new (pending, residual) so that each add is
-        fused with the LayerNorm that follows it."""
+        self, pending: tuple[torch.Tensor, torch.Tensor] | None, residual: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """`residual` [B, L, H] is the stream; `pending` = (matmul output without bias, bias) of the
+        previous sublayer, not yet added (None before the first layer). Returns the new (pending,
+        residual), so that each bias + dropout + add is fused with the LayerNorm that follows."""
         ln = self.attention.ln
         if pending is None:
             y = F.layer_norm(residual, residual.shape[-1:], ln.weight, ln.bias, self.eps)
         else:
-            y, residual = kernels.add_layernorm(pending, residual, ln.weight, ln.bias, self.eps,
-                                                backend=self.backend)
+            y, residual = self._add_ln(pending, residual, ln)
         d = self.attention.output.dense
-        pending = F.dropout(F.linear(self.attention.self(y, mask), d.weight, d.bias), self.p, self.training)
-        y, residual = kernels.add_layernorm(pending, residual, self.ln.weight, self.ln.bias, self.eps,
-                                            backend=self.backend)
+        y, residual = self._add_ln((F.linear(self.attention.self(y, mask), d.weight), d.bias), residual, self.ln)
         d = self.output.dense
-        pending = F.dropout(F.linear(self._ffn_in(y), d.weight, d.bias), self.p, self.training)
-        return pending, residual
+        return (F.linear(self._ffn_in(y), d.weight), d.bias), residual
+
+    def _add_ln(
+        self, pending: tuple[torch.Tensor, torch.Tensor], residual: torch.Tensor, ln: nn.LayerNorm
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # (LayerNorm(residual + dropout(x + bias)), residual + dropout(x + bias))
+        x, bias = pending
+        return kernels.add_layernorm(x, residual, ln.weight, ln.bias, self.eps, backend=self.backend,
+                                     bias=bias, p=self.p, training=self.training)
 
 
 class Encoder(nn.Module):
@@ -206,7 +211,6 @@ class Encoder(nn.Module):
         if config.layout == "pre_ln":
             self.ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.layout = config.layout
-        self.backend = backend
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if self.layout == "post_ln":
@@ -218,8 +222,7 @@ class Encoder(nn.Module):
             pending, x = layer.forward_pre_ln(pending, x, mask)
         if pending is None:  # no layers
             return F.layer_norm(x, x.shape[-1:], self.ln.weight, self.ln.bias, self.ln.eps)
-        y, _ = kernels.add_layernorm(pending, x, self.ln.weight, self.ln.bias, self.ln.eps,
-                                     backend=self.backend)
+        y, _ = self.layer[-1]._add_ln(pending, x, self.ln)
         return y
 
 

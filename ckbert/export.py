@@ -1,0 +1,155 @@
+"""`ckbert export CKPT --out DIR`: a training checkpoint -> a Hugging Face model folder.
+
+CKPT is a checkpoint folder (`OUT/checkpoints/step-000100`), or a run folder / checkpoints folder
+whose `latest` names one (docs/contracts.md, "Checkpoints and export"). The model config comes
+from `trainer_state.json` (`model_config`, else the recipe's `config.model`); the tokenizer from
+`--tokenizer`, else `CKPT/tokenizer/`, else the prepared dataset the recipe names. The model card
+states the data, the objectives, the step and the measured numbers (`trainer_state.json`'s
+`metrics`, plus `--metrics FILE.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from ckbert.config import to_dict
+from ckbert.errors import UserError
+from ckbert.hf_io import CardInfo, export_hf_folder
+from ckbert.model_config import ModelConfig, load_model_config, model_config_from_dict
+
+REQUIRED = ("model.safetensors", "trainer_state.json")
+WORD_EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Follow a `latest` pointer (a one-line file or a symlink) in `path` or `path/checkpoints`,
+    then check that the folder is a complete checkpoint."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError("checkpoint folder not found", path=path)
+    for root in (path, path / "checkpoints"):
+        pointer = root / "latest"
+        if pointer.is_symlink() or pointer.is_dir():
+            path = pointer.resolve()
+            break
+        if pointer.is_file():
+            path = root / pointer.read_text(encoding="utf-8").strip()
+            break
+    if not path.is_dir():
+        raise UserError("`latest` names a checkpoint that does not exist", path=path)
+    if ".tmp" in path.name:
+        raise UserError("checkpoint is a temporary folder (half written)", path=path)
+    missing = [f for f in REQUIRED if not (path / f).is_file()]
+    if missing:
+        raise UserError(f"not a complete training checkpoint (half written?): missing {', '.join(missing)}",
+                        path=path)
+    return path
+
+
+def read_trainer_state(ckpt: Path) -> dict[str, Any]:
+    path = ckpt / "trainer_state.json"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"unreadable JSON: {exc}", path=path) from None
+    if not isinstance(state, dict):
+        raise UserError("expected a JSON object", path=path)
+    return state
+
+
+def checkpoint_model_config(state: dict[str, Any], weights: dict, source: Path) -> ModelConfig:
+    """The resolved model config: `model_config` (a ModelConfig mapping), else the recipe's
+    `config.model` (a size name, a YAML path or a mapping); a null vocab_size is read off the
+    word-embedding rows."""
+    recipe = state.get("config") if isinstance(state.get("config"), dict) else {}
+    spec = state.get("model_config", recipe.get("model"))
+    if isinstance(spec, dict):
+        config = model_config_from_dict(spec, source=source)
+    elif isinstance(spec, str):
+        config = load_model_config(spec)
+    else:
+        raise UserError("trainer_state.json names no model config (model_config or config.model)", path=source)
+    if config.vocab_size is None and WORD_EMBEDDINGS in weights:
+        config = model_config_from_dict({**to_dict(config), "vocab_size": weights[WORD_EMBEDDINGS].shape[0]},
+                                        source=source)
+    return config
+
+
+def find_tokenizer(ckpt: Path, state: dict[str, Any], explicit: str | None) -> Path:
+    recipe = state.get("config") if isinstance(state.get("config"), dict) else {}
+    data = recipe.get("data") if isinstance(recipe.get("data"), dict) else {}
+    candidates = [explicit, ckpt / "tokenizer", state.get("tokenizer_dir"),
+                  Path(data["prepared"]) / "tokenizer" if data.get("prepared") else None]
+    for candidate in candidates:
+        if candidate is not None and Path(candidate).is_dir():
+            return Path(candidate)
+    if explicit is not None:
+        raise UserError("tokenizer folder not found", path=explicit)
+    raise UserError("no tokenizer found (checked CKPT/tokenizer, trainer_state tokenizer_dir and the "
+                    "prepared dataset); pass --tokenizer DIR", path=ckpt)
+
+
+def card_info(state: dict[str, Any], extra_metrics: dict[str, Any]) -> CardInfo:
+    """Model-card facts from the trainer state (and its recipe); nothing is invented."""
+    recipe = state.get("config") if isinstance(state.get("config"), dict) else {}
+    data = recipe.get("data") if isinstance(recipe.get("data"), dict) else {}
+    prepared = data.get("prepared")
+    data_text = f"Prepared dataset `{prepared}`." if prepared else "Not recorded in the checkpoint."
+    manifest = Path(prepared) / "manifest.json" if prepared else None
+    if manifest is not None and manifest.is_file():
+        m = json.loads(manifest.read_text(encoding="utf-8"))
+        counts, kg = m.get("counts", {}), m.get("kg", {})
+        data_text += (f" {counts.get('documents', '?')} documents, {counts.get('tokens', '?')} tokens, "
+                      f"annotator {m.get('annotator', {}).get('name', '?')} (masking mode "
+                      f"{m.get('masking_mode', '?')}); knowledge graph with {kg.get('entities', '?')} "
+                      f"entities and {kg.get('triples', '?')} triples.")
+    masking = recipe.get("masking") if isinstance(recipe.get("masking"), dict) else {}
+    cmrm = recipe.get("cmrm") if isinstance(recipe.get("cmrm"), dict) else {}
+    objectives = (f"Linguistic-aware masked language modelling (LMLM, masking rate "
+                  f"{masking.get('rate', 'default')}, DEP/SDP arcs with [dep]/[sdp] markers when annotated).")
+    if cmrm.get("enabled", True) and recipe:
+        objectives += (f" Contrastive multi-hop relation modelling (CMRM, weight {cmrm.get('weight', 'default')}, "
+                       f"temperature {cmrm.get('temperature', 'default')}, {cmrm.get('negatives', 'default')} "
+                       "negatives from hops 2-3 of the knowledge graph).")
+    metrics = dict(state.get("metrics") or {}) if isinstance(state.get("metrics"), dict) else {}
+    metrics.update(extra_metrics)
+    return CardInfo(data=data_text, objectives=objectives, steps=int(state.get("step", 0)), metrics=metrics)
+
+
+def export_checkpoint(ckpt: str | Path, out: str | Path, tokenizer: str | None = None,
+                      metrics: dict[str, Any] | None = None) -> Path:
+    ckpt = resolve_checkpoint(ckpt)
+    state = read_trainer_state(ckpt)
+    try:
+        weights = load_file(str(ckpt / "model.safetensors"))
+    except (SafetensorError, OSError) as exc:
+        raise UserError(f"model.safetensors is unreadable (half written?): {exc}", path=ckpt) from None
+    config = checkpoint_model_config(state, weights, ckpt / "trainer_state.json")
+    return export_hf_folder(weights, config, find_tokenizer(ckpt, state, tokenizer), out,
+                            card_info(state, metrics or {}))
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="ckbert export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="checkpoint folder, or a run folder whose checkpoints/latest names one")
+    parser.add_argument("--out", required=True, help="new Hugging Face model folder (must not exist or be empty)")
+    parser.add_argument("--tokenizer", help="tokenizer folder (default: from the checkpoint or its dataset)")
+    parser.add_argument("--metrics", help="JSON file {name: value} of measured numbers for the model card")
+    args = parser.parse_args(argv)
+    extra: dict[str, Any] = {}
+    if args.metrics:
+        try:
+            extra = json.loads(Path(args.metrics).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read metrics: {exc}", path=args.metrics) from None
+        if not isinstance(extra, dict):
+            raise UserError("metrics must be a JSON object {name: value}", path=args.metrics)
+    out = export_checkpoint(args.checkpoint, args.out, args.tokenizer, extra)
+    print(f"exported {out}")
+    return 0
