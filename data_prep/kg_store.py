@@ -1,0 +1,331 @@
+"""Knowledge-graph store: memory-mapped numpy arrays (docs/contracts.md, "Knowledge-graph store").
+
+Layout of a store folder (all `.npy`, opened with ``mmap_mode="r"``, so every DataLoader worker and
+rank maps the same pages and nothing is unpickled):
+
+    entity_offsets int64 [E+1], entity_bytes uint8 [B]    UTF-8 names, concatenated
+    entity_sorted  int32 [E]                             ids ordered by name bytes (name -> id by bisection)
+    relation_offsets, relation_bytes                     the same for relation names
+    indptr int64 [E+1], rel int32 [T], tail int32 [T]    CSR adjacency over heads (out-edges)
+    desc_offsets, desc_bytes                             one description per entity ("" = none)
+
+`build_store` ingests triples (TSV `head<TAB>relation<TAB>tail`, or CSV with a header such as
+OwnThink's `实体,属性,值`), counts and drops bad rows (wrong column count, empty name, self-loop,
+duplicate) and writes the folder atomically (temp name + rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+from array import array
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from ckbert.data_prep.readers import Tally, read_lines
+
+from ckbert.errors import UserError
+
+FORMAT_VERSION = 1
+_ARRAYS = (
+    "entity_offsets", "entity_bytes", "entity_sorted", "relation_offsets", "relation_bytes",
+    "indptr", "rel", "tail", "desc_offsets", "desc_bytes",
+)
+
+
+def iter_triples(path: Path, fmt: str | None, tally: Tally) -> Iterator[tuple[str, str, str]]:
+    """Yield (head, relation, tail) from a TSV or CSV file; bad rows are counted in `tally`."""
+    fmt = fmt or ("csv" if path.suffix.lower() == ".csv" else "tsv")
+    if fmt not in ("tsv", "csv"):
+        raise UserError(f"unknown KG format {fmt!r} (tsv or csv)")
+    name = path.name
+    lines = read_lines(path)
+    if fmt == "csv":
+        header = next(lines, None)
+        if header is None or len(next(csv.reader([header[1]]))) != 3:
+            raise UserError("CSV KG needs a header with 3 columns (e.g. 实体,属性,值)", path=path, line=1)
+    for lineno, line in lines:
+        if not line.strip():
+            continue
+        parts = next(csv.reader([line])) if fmt == "csv" else line.split("\t")
+        if len(parts) != 3:
+            tally.skip("kg_bad_columns", f"{name}:{lineno}")
+            continue
+        h, r, t = (p.strip() for p in parts)
+        if not h or not r or not t:
+            tally.skip("kg_empty_name", f"{name}:{lineno}")
+            continue
+        if h == t:
+            tally.skip("kg_self_loop", f"{name}:{lineno}")
+            continue
+        yield h, r, t
+
+
+def _names_to_arrays(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    encoded = [n.encode("utf-8") for n in names]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    return offsets, data
+
+
+def build_store(
+    triples: Iterable[tuple[str, str, str]],
+    out_dir: Path,
+    *,
+    source: str,
+    tally: Tally,
+    desc_relation: str | None = None,
+) -> KGStore:
+    """Build the store folder `out_dir` from triples; triples of `desc_relation` become descriptions."""
+    ent: dict[str, int] = {}
+    relmap: dict[str, int] = {}
+    heads, rels, tails = array("i"), array("i"), array("i")
+    descs: dict[int, str] = {}
+    for h, r, t in triples:
+        hi = ent.get(h)
+        if hi is None:
+            hi = ent[h] = len(ent)
+        if r == desc_relation:
+            descs.setdefault(hi, t)
+            continue
+        ti = ent.get(t)
+        if ti is None:
+            ti = ent[t] = len(ent)
+        ri = relmap.get(r)
+        if ri is None:
+            ri = relmap[r] = len(relmap)
+        heads.append(hi)
+        rels.append(ri)
+        tails.append(ti)
+    if not heads:
+        raise UserError("no valid triples (expected head<TAB>relation<TAB>tail lines, or CSV with a header)", path=source)
+    h = np.frombuffer(heads, dtype=np.int32)
+    r = np.frombuffer(rels, dtype=np.int32)
+    t = np.frombuffer(tails, dtype=np.int32)
+    del heads, rels, tails
+    order = np.lexsort((t, r, h))  # by head, then relation, then tail: CSR order and dedup in one sort
+    h, r, t = h[order], r[order], t[order]
+    del order
+    dup = np.zeros(len(h), dtype=bool)
+    dup[1:] = (h[1:] == h[:-1]) & (r[1:] == r[:-1]) & (t[1:] == t[:-1])
+    n_dup = int(dup.sum())
+    if n_dup:
+        tally.skip("kg_duplicate", source, n_dup)
+        keep = ~dup
+        h, r, t = h[keep], r[keep], t[keep]
+    names = list(ent)
+    del ent
+    E = len(names)
+    indptr = np.zeros(E + 1, dtype=np.int64)
+    np.cumsum(np.bincount(h, minlength=E), out=indptr[1:])
+    del h
+    # Python's str order is code-point order, which equals UTF-8 byte order.
+    ent_sorted = np.array(sorted(range(E), key=names.__getitem__), dtype=np.int32)
+    arrays = {}
+    arrays["entity_offsets"], arrays["entity_bytes"] = _names_to_arrays(names)
+    arrays["entity_sorted"] = ent_sorted
+    arrays["relation_offsets"], arrays["relation_bytes"] = _names_to_arrays(list(relmap))
+    arrays["indptr"], arrays["rel"], arrays["tail"] = indptr, r, t
+    desc_list = [""] * E
+    for i, d in descs.items():
+        desc_list[i] = d
+    arrays["desc_offsets"], arrays["desc_bytes"] = _names_to_arrays(desc_list)
+    del names, desc_list
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    digest = hashlib.sha256()
+    for name in _ARRAYS:
+        np.save(tmp / f"{name}.npy", arrays[name])
+        digest.update(name.encode())
+        digest.update(_file_sha256(tmp / f"{name}.npy").encode())
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "entities": E,
+        "relations": len(relmap),
+        "triples": int(len(t)),
+        "descriptions": len(descs),
+        "fingerprint": digest.hexdigest(),
+        "source": str(source),
+        "skipped": {k: v for k, v in tally.skipped.items() if k.startswith("kg_")},
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return KGStore.open(out_dir)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class KGStore:
+    """Read-only view of a store folder; every array is a numpy memmap."""
+
+    def __init__(self, path: Path, meta: dict, arrays: dict[str, np.ndarray]):
+        self.path = path
+        self.meta = meta
+        self._a = arrays
+        self.indptr = arrays["indptr"]
+        self.rel = arrays["rel"]
+        self.tail = arrays["tail"]
+
+    @classmethod
+    def open(cls, path: str | Path) -> KGStore:
+        path = Path(path)
+        meta_path = path / "meta.json"
+        if not meta_path.is_file():
+            raise UserError("not a KG store (no meta.json)", path=path)
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise UserError(f"KG store format {meta.get('format_version')!r}, expected {FORMAT_VERSION}", path=path)
+        arrays = {}
+        for name in _ARRAYS:
+            f = path / f"{name}.npy"
+            if not f.is_file():
+                raise UserError(f"KG store is missing {name}.npy", path=path)
+            arrays[name] = np.load(f, mmap_mode="r")
+        E, T = meta["entities"], meta["triples"]
+        if len(arrays["indptr"]) != E + 1 or len(arrays["tail"]) != T or int(arrays["indptr"][-1]) != T:
+            raise UserError("KG store arrays do not match meta.json (damaged store)", path=path)
+        return cls(path, meta, arrays)
+
+    @property
+    def num_entities(self) -> int:
+        return int(self.meta["entities"])
+
+    @property
+    def num_relations(self) -> int:
+        return int(self.meta["relations"])
+
+    @property
+    def num_triples(self) -> int:
+        return int(self.meta["triples"])
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.meta["fingerprint"])
+
+    def _string(self, kind: str, i: int) -> str:
+        off = self._a[f"{kind}_offsets"]
+        return bytes(self._a[f"{kind}_bytes"][off[i] : off[i + 1]]).decode("utf-8")
+
+    def entity_name(self, i: int) -> str:
+        return self._string("entity", i)
+
+    def relation_name(self, r: int) -> str:
+        return self._string("relation", r)
+
+    def description(self, i: int) -> str:
+        return self._string("desc", i)
+
+    def entity_names(self) -> Iterator[tuple[int, str]]:
+        """All (id, name) pairs, decoded in blocks (for building the linker)."""
+        off = np.asarray(self._a["entity_offsets"])
+        data = self._a["entity_bytes"]
+        block = 1 << 16
+        for s in range(0, self.num_entities, block):
+            e = min(s + block, self.num_entities)
+            raw = bytes(data[off[s] : off[e]])
+            base = off[s]
+            for i in range(s, e):
+                yield i, raw[off[i] - base : off[i + 1] - base].decode("utf-8")
+
+    def lookup(self, name: str) -> int | None:
+        key = name.encode("utf-8")
+        order = self._a["entity_sorted"]
+        off = self._a["entity_offsets"]
+        data = self._a["entity_bytes"]
+        lo, hi = 0, len(order)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            i = int(order[mid])
+            probe = bytes(data[off[i] : off[i + 1]])
+            if probe < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < len(order):
+            i = int(order[lo])
+            if bytes(data[off[i] : off[i + 1]]) == key:
+                return i
+        return None
+
+    def neighbors(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = int(self.indptr[i]), int(self.indptr[i + 1])
+        return np.asarray(self.rel[a:b]), np.asarray(self.tail[a:b])
+
+    def degrees(self) -> np.ndarray:
+        return np.diff(np.asarray(self.indptr))
+
+    def nbytes(self) -> int:
+        return sum(os.path.getsize(self.path / f"{n}.npy") for n in _ARRAYS)
+
+
+def sample_positive(store: KGStore, i: int, rng: np.random.Generator) -> tuple[int, int] | None:
+    """One random 1-hop fact (relation id, tail id) of entity `i`, or None when it has no out-edge."""
+    a, b = int(store.indptr[i]), int(store.indptr[i + 1])
+    if a == b:
+        return None
+    k = int(rng.integers(a, b))
+    return int(store.rel[k]), int(store.tail[k])
+
+
+def _expand(store: KGStore, nodes: np.ndarray, rng: np.random.Generator, cap: int) -> np.ndarray:
+    """Tails of the out-edges of `nodes`; at most `cap` edges, drawn uniformly when there are more.
+
+    Cost is O(len(nodes) + cap) whatever the graph size: hubs are sampled, not enumerated.
+    """
+    if len(nodes) == 0:
+        return nodes
+    starts = np.asarray(store.indptr[nodes])
+    lens = np.asarray(store.indptr[nodes + 1]) - starts
+    total = int(lens.sum())
+    if total == 0:
+        return np.empty(0, dtype=np.int32)
+    ends = np.cumsum(lens)
+    if total > cap:
+        pos = rng.integers(0, total, size=cap)
+    else:
+        pos = np.arange(total)
+    owner = np.searchsorted(ends, pos, side="right")  # which node's range each position falls in
+    edge = starts[owner] + (pos - (ends[owner] - lens[owner]))
+    return np.asarray(store.tail[np.sort(edge)])
+
+
+def sample_negatives(
+    store: KGStore, i: int, n: int, rng: np.random.Generator, max_hop: int = 3, cap: int = 4096
+) -> list[int]:
+    """Up to `n` distinct entities reached at hop 2..max_hop and not at hop 1 (nor `i`), at random."""
+    a, b = int(store.indptr[i]), int(store.indptr[i + 1])
+    hop1 = np.unique(np.asarray(store.tail[a:b]))
+    frontier = hop1
+    reached = []
+    for _ in range(2, max_hop + 1):
+        frontier = np.unique(_expand(store, frontier, rng, cap))
+        if len(frontier) == 0:
+            break
+        reached.append(frontier)
+    if not reached:
+        return []
+    cand = np.unique(np.concatenate(reached))
+    cand = np.setdiff1d(cand, hop1, assume_unique=True)
+    cand = cand[cand != i]
+    if len(cand) > n:
+        cand = rng.choice(cand, size=n, replace=False)
+    else:
+        cand = rng.permutation(cand)
+    return [int(x) for x in cand]

@@ -1,0 +1,94 @@
+"""Entity linker: longest-match, non-overlapping Aho-Corasick search over KG entity names.
+
+A candidate match must start at a word start and end at a word end (it never splits a word), be
+at least `min_len` characters long and not be in the stop-list; with `ner_only`, it must also
+cover exactly an NER span of the annotator. Among the candidates, longer matches win, then the
+earlier one; the chosen mentions never overlap. The automaton's search cost is linear in the text
+(plus the number of matches) and does not grow with the number of entities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ahocorasick
+from ckbert.data_prep.kg_store import KGStore
+from ckbert.data_prep.text import has_chinese
+
+from ckbert.errors import UserError
+
+
+@dataclass
+class LinkerConfig:
+    min_len: int = 2
+    stop_words: frozenset[str] = field(default_factory=frozenset)
+    ner_only: bool = False
+    require_chinese: bool = True  # names with no CJK character (codes, numbers) are never linked
+
+
+def read_stop_list(path: Path) -> frozenset[str]:
+    if not path.is_file():
+        raise UserError("stop-list file not found", path=path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError("stop-list is not valid UTF-8", path=path) from None
+    return frozenset(w.strip() for w in text.splitlines() if w.strip() and not w.startswith("#"))
+
+
+class Linker:
+    def __init__(self, names: list[tuple[int, str]] | KGStore, config: LinkerConfig):
+        self.config = config
+        self.automaton = ahocorasick.Automaton()
+        items = names.entity_names() if isinstance(names, KGStore) else names
+        n = 0
+        for ent_id, name in items:
+            if len(name) < config.min_len or name in config.stop_words:
+                continue
+            if config.require_chinese and not has_chinese(name):
+                continue
+            self.automaton.add_word(name, (ent_id, len(name)))
+            n += 1
+        self.num_patterns = n
+        if n:
+            self.automaton.make_automaton()
+
+    def link(
+        self, words: list[str], ner_spans: list[tuple[int, int]] | None = None
+    ) -> list[tuple[int, int, int]]:
+        """Words of one sentence -> mentions as (first word, end word (exclusive), entity id)."""
+        if not self.num_patterns or not words:
+            return []
+        text = "".join(words)
+        start_word = {}  # char offset of a word start -> word index
+        end_word = {}  # char offset just after a word -> word index + 1
+        pos = 0
+        for k, w in enumerate(words):
+            start_word[pos] = k
+            pos += len(w)
+            end_word[pos] = k + 1
+        allowed = set(ner_spans) if self.config.ner_only else None
+        cands = []
+        for end_char, (ent_id, length) in self.automaton.iter(text):
+            e = end_char + 1
+            ws = start_word.get(e - length)
+            we = end_word.get(e)
+            if ws is None or we is None:
+                continue
+            if allowed is not None and (ws, we) not in allowed:
+                continue
+            cands.append((-length, e - length, ws, we, ent_id))
+        if not cands:
+            return []
+        cands.sort()
+        taken = [False] * len(words)
+        out = []
+        for _, _, ws, we, ent_id in cands:
+            if any(taken[ws:we]):
+                continue
+            for k in range(ws, we):
+                taken[k] = True
+            out.append((ws, we, ent_id))
+        out.sort()
+        return out

@@ -1,0 +1,330 @@
+"""`ckbert prepare`: corpus + KG -> prepared dataset directory (docs/contracts.md), resumable.
+
+Order of work: check the output folder and the run identity (`state/run.json`), build or reuse the
+KG store (`kg/`), load or build the tokenizer (`tokenizer/`), then stream the corpus in shards of
+`--shard-lines` lines to worker processes; finished shards (with `.done`) are skipped when the same
+command runs again. `manifest.json` is written last, atomically: its presence means "complete".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from ckbert.data_prep import kg_store
+from ckbert.data_prep import tokenizer as tok_mod
+from ckbert.data_prep.annotate import ANNOTATORS, make_annotator
+from ckbert.data_prep.linker import Linker, LinkerConfig, read_stop_list
+from ckbert.data_prep.pipeline import Context, ShardJob, process_shard, set_context
+from ckbert.data_prep.readers import FORMATS, Tally, check_input_file, read_lines
+from ckbert.data_prep.shards import shard_is_done, write_json_atomic
+
+from ckbert.errors import UserError
+
+FORMAT_VERSION = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ckbert prepare", description=__doc__.splitlines()[0])
+    p.add_argument("--corpus", type=Path, nargs="+", required=True, help="corpus file(s), one document per line")
+    p.add_argument("--format", choices=FORMATS, default="text", help="corpus format (default: text)")
+    p.add_argument("--text-field", default="text", help="JSON Lines: field holding the text")
+    p.add_argument("--id-field", default="id", help="JSON Lines: field holding the document id, when present")
+    p.add_argument("--kg", type=Path, required=True, help="KG triples (.tsv or .csv with a header) or a KG store folder")
+    p.add_argument("--kg-format", choices=("tsv", "csv"), default=None, help="default: from the file suffix")
+    p.add_argument("--kg-desc-relation", default=None, help="relation whose tail is the head's description")
+    p.add_argument("--out", type=Path, required=True, help="output folder (its parent must exist)")
+    p.add_argument("--annotator", choices=ANNOTATORS, default="jieba")
+    p.add_argument("--ltp-model", default=None, help="LTP 4.2 model folder (with config.json) or hub id")
+    p.add_argument("--jieba-hmm", action="store_true", help="jieba: use the HMM for unknown words (slower)")
+    p.add_argument("--device", default="cpu", help="LTP: torch device")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--tokenizer", type=Path, help="Hugging Face BERT tokenizer folder (e.g. bert-base-chinese)")
+    g.add_argument("--build-vocab", action="store_true", help="train a WordPiece vocabulary on the corpus")
+    p.add_argument("--vocab-size", type=int, default=21128)
+    p.add_argument("--seq-len", type=int, default=126, help="max tokens per row, without [CLS]/[SEP]")
+    p.add_argument("--min-mention-len", type=int, default=2)
+    p.add_argument("--stop-list", type=Path, default=None, help="entity names never linked, one per line")
+    p.add_argument("--link-ner-only", action="store_true", help="link only spans the annotator tags as NER")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--shard-lines", type=int, default=2000, help="corpus lines per shard")
+    p.add_argument("--max-chars", type=int, default=None, help="stop reading after this many characters per file")
+    p.add_argument("--max-sentence-chars", type=int, default=256, help="longer sentences are cut (LTP limit 510)")
+    p.add_argument("--batch-sentences", type=int, default=256)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError("output path exists and is not a folder", path=out)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not out.exists() and not parent.is_dir():
+        raise UserError("output folder's parent does not exist", path=out)
+    target = out if out.exists() else parent
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise UserError("output folder is not writable", path=target)
+    if out.exists() and any(out.iterdir()) and not (out / "state" / "run.json").is_file() and not (out / "manifest.json").is_file():
+        raise UserError("output folder is not empty and holds no ckbert run; choose a new --out", path=out)
+
+
+def _identity(args: argparse.Namespace) -> dict:
+    """What must match for a restart to resume (not overwrite) an earlier run."""
+    files = []
+    for c in args.corpus:
+        st = c.stat()
+        files.append({"path": str(c.resolve()), "size": st.st_size, "mtime": int(st.st_mtime)})
+    keys = ("format", "text_field", "id_field", "kg_format", "kg_desc_relation", "annotator", "ltp_model",
+            "jieba_hmm", "build_vocab", "vocab_size", "seq_len", "min_mention_len", "link_ner_only",
+            "shard_lines", "max_chars", "max_sentence_chars")
+    ident = {k: getattr(args, k) for k in keys}
+    ident["corpus"] = files
+    ident["kg"] = str(args.kg.resolve())
+    ident["tokenizer"] = str(args.tokenizer.resolve()) if args.tokenizer else None
+    ident["stop_list"] = str(args.stop_list.resolve()) if args.stop_list else None
+    return ident
+
+
+def _prepare_kg(args: argparse.Namespace, out: Path, tally: Tally) -> kg_store.KGStore:
+    kg_dir = out / "kg"
+    if (kg_dir / "meta.json").is_file():
+        store = kg_store.KGStore.open(kg_dir)
+        tally.skipped.update(store.meta.get("skipped", {}))
+        return store
+    if args.kg.is_dir():
+        src = kg_store.KGStore.open(args.kg)
+        tmp = out / "kg.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        shutil.copytree(args.kg, tmp)
+        os.replace(tmp, kg_dir)
+        tally.skipped.update(src.meta.get("skipped", {}))
+        return kg_store.KGStore.open(kg_dir)
+    check_input_file(args.kg)
+    triples = kg_store.iter_triples(args.kg, args.kg_format, tally)
+    return kg_store.build_store(triples, kg_dir, source=str(args.kg), tally=tally, desc_relation=args.kg_desc_relation)
+
+
+def _vocab_texts(args: argparse.Namespace):
+    from ckbert.data_prep.readers import parse_line
+
+    scratch = Tally()
+    for path in args.corpus:
+        for lineno, line in read_lines(path, max_chars=args.max_chars):
+            doc = parse_line(args.format, path.name, lineno, line, scratch, text_field=args.text_field,
+                             id_field=args.id_field, max_sentence_chars=args.max_sentence_chars)
+            if doc is not None:
+                yield "\n".join(s.text for s in doc.sentences)
+
+
+def _prepare_tokenizer(args: argparse.Namespace, out: Path):
+    tdir = out / "tokenizer"
+    if (tdir / "tokenizer.json").is_file():
+        return tok_mod.load_tokenizer(tdir)
+    tmp = out / "tokenizer.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    if args.build_vocab:
+        tok = tok_mod.build_vocab(_vocab_texts(args), tmp, vocab_size=args.vocab_size)
+    else:
+        tok = tok_mod.load_tokenizer(args.tokenizer)
+        tok.save_pretrained(str(tmp))
+    os.replace(tmp, tdir)
+    return tok_mod.load_tokenizer(tdir)
+
+
+def _jobs(args: argparse.Namespace):
+    """Yield (shard index, file name, lines) in a fixed order: the same command gives the same shards."""
+    index = 0
+    for path in args.corpus:
+        buf: list[tuple[int, str]] = []
+        for item in read_lines(path, max_chars=args.max_chars):
+            buf.append(item)
+            if len(buf) == args.shard_lines:
+                yield ShardJob(index, path.name, buf)
+                index += 1
+                buf = []
+        if buf:
+            yield ShardJob(index, path.name, buf)
+            index += 1
+
+
+def _worker_init() -> None:
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
+def _run_shards(args: argparse.Namespace, out: Path, progress) -> tuple[list[dict], float]:
+    shards_dir = out / "shards"
+    done: dict[int, dict] = {}
+    t_work = 0.0
+    pending = []
+    pool = None
+    if args.workers > 1:
+        pool = mp.get_context("fork").Pool(args.workers, initializer=_worker_init)
+    try:
+        for job in _jobs(args):
+            name = f"shard-{job.index:05d}"
+            rec = shard_is_done(shards_dir, name)
+            if rec is not None:
+                done[job.index] = dict(rec, name=name, resumed=True)
+                progress.update(1)
+                continue
+            if pool is None:
+                done[job.index] = process_shard(job)
+                progress.update(1)
+                continue
+            pending.append((job.index, pool.apply_async(process_shard, (job,))))
+            # Bounded look-ahead: never more than 2 shards per worker in memory.
+            while len(pending) >= 2 * args.workers:
+                idx, res = pending.pop(0)
+                done[idx] = res.get()
+                progress.update(1)
+        for idx, res in pending:
+            done[idx] = res.get()
+            progress.update(1)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    return [done[i] for i in sorted(done)], t_work
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.seq_len < 8:
+        raise UserError("--seq-len must be at least 8")
+    if args.workers < 1 or args.shard_lines < 1:
+        raise UserError("--workers and --shard-lines must be positive")
+    for c in args.corpus:
+        check_input_file(c)
+    if not args.kg.exists():
+        raise UserError("KG file not found", path=args.kg)
+    out = args.out
+    _check_out(out)
+    out.mkdir(exist_ok=True)
+    t0 = time.time()
+    ident = _identity(args)
+    run_file = out / "state" / "run.json"
+    if run_file.is_file():
+        old = json.loads(run_file.read_text(encoding="utf-8"))
+        if old != ident:
+            changed = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
+            raise UserError(f"holds a run with different settings ({', '.join(changed)}); use a new --out", path=out)
+        if (out / "manifest.json").is_file():
+            print(f"ckbert prepare: {out} is already complete (manifest.json present); nothing to do")
+            return 0
+        print(f"ckbert prepare: resuming the unfinished run in {out}", file=sys.stderr)
+    (out / "state").mkdir(exist_ok=True)
+    (out / "shards").mkdir(exist_ok=True)
+    write_json_atomic(run_file, ident)
+
+    tally = Tally()
+    store = _prepare_kg(args, out, tally)
+    tokenizer = _prepare_tokenizer(args, out)
+    annotator = make_annotator(args.annotator, ltp_model=args.ltp_model, jieba_hmm=args.jieba_hmm, device=args.device)
+    stop = read_stop_list(args.stop_list) if args.stop_list else frozenset()
+    if args.link_ner_only and "ner" not in annotator.provides:
+        raise UserError(f"--link-ner-only needs an annotator with NER; {annotator.name} has none")
+    linker = Linker(store, LinkerConfig(min_len=args.min_mention_len, stop_words=stop, ner_only=args.link_ner_only))
+    set_context(Context(
+        fmt=args.format, text_field=args.text_field, id_field=args.id_field,
+        max_sentence_chars=args.max_sentence_chars, seq_len=args.seq_len, batch_sentences=args.batch_sentences,
+        annotator=annotator, tokenizer=tokenizer, linker=linker, shards_dir=out / "shards",
+    ))
+    t_setup = time.time() - t0
+
+    import datasets
+    from tqdm import tqdm
+
+    datasets.disable_progress_bars()  # one progress bar (shards), not one per shard save
+    t1 = time.time()
+    with tqdm(desc="shards", unit="shard", disable=args.quiet, file=sys.stderr) as progress:
+        records, _ = _run_shards(args, out, progress)
+    t_shards = time.time() - t1
+
+    counts = {k: 0 for k in ("documents", "sentences", "tokens", "characters", "mentions", "dep_arcs",
+                             "sdp_arcs", "sentences_with_mention")}
+    for rec in records:
+        tally.merge(Tally.from_dict(rec["tally"]))
+        for k in counts:
+            counts[k] += int(rec["counts"].get(k, 0))
+    if counts["sentences"] == 0:
+        raise UserError("no usable sentence in the corpus (see the skipped counts: "
+                        f"{dict(tally.skipped) or 'none'})", path=args.corpus[0])
+    linked = set()
+    for rec in records:
+        f = out / "state" / f"{rec['name']}.entities.npy"
+        if f.is_file():
+            linked.update(np.load(f).tolist())
+    new_chars = sum(int(r["counts"]["characters"]) for r in records if not r.get("resumed"))
+    tokf = out / "tokenizer"
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": ["ckbert", "prepare", *argv],
+        "annotator": {"name": annotator.name, "version": annotator.version, "provides": list(annotator.provides)},
+        "masking_mode": "arcs" if ("dep" in annotator.provides or "sdp" in annotator.provides) else "words",
+        "tokenizer": {
+            "fingerprint": tok_mod.fingerprint(tokf), "vocab_size": len(tokenizer),
+            "dep_token_id": tokenizer.convert_tokens_to_ids("[dep]"),
+            "sdp_token_id": tokenizer.convert_tokens_to_ids("[sdp]"),
+        },
+        "kg": {"fingerprint": store.fingerprint, "entities": store.num_entities, "relations": store.num_relations,
+               "triples": store.num_triples},
+        "seq_len": args.seq_len,
+        "pos_tags": list(annotator.pos_tags),
+        "dep_labels": list(annotator.dep_labels) if "dep" in annotator.provides else [],
+        "sdp_labels": list(annotator.sdp_labels) if "sdp" in annotator.provides else [],
+        "shards": [{"name": r["name"], "rows": int(r["rows"])} for r in records],
+        "counts": {
+            **{k: v for k, v in counts.items() if k != "sentences_with_mention"},
+            "sentences_with_mention": counts["sentences_with_mention"],
+            "linked_entities": len(linked),
+            "skipped": dict(tally.skipped),
+            "notes": dict(tally.notes),
+            "first_case": dict(tally.first),
+        },
+        "linker": {"min_len": args.min_mention_len, "stop_list": str(args.stop_list) if args.stop_list else None,
+                   "ner_only": args.link_ner_only, "patterns": linker.num_patterns},
+    }
+    write_json_atomic(out / "manifest.json", manifest)
+    elapsed = time.time() - t0
+    _summary(manifest, elapsed, t_setup, t_shards, new_chars)
+    return 0
+
+
+def _summary(m: dict, elapsed: float, t_setup: float, t_shards: float, new_chars: int) -> None:
+    c = m["counts"]
+    sents = max(c["sentences"], 1)
+    rows = sum(s["rows"] for s in m["shards"])
+    lines = [
+        f"prepared {len(m['shards'])} shards, {rows} rows ({m['annotator']['name']}, masking mode {m['masking_mode']})",
+        f"  documents {c['documents']}, sentences {c['sentences']}, tokens {c['tokens']}, characters {c['characters']}",
+        f"  mentions {c['mentions']} ({c['mentions'] / sents:.3f} per sentence; "
+        f"{c['sentences_with_mention'] / sents:.1%} of sentences have one)",
+        f"  KG coverage: {c['linked_entities']} of {m['kg']['entities']} entities linked at least once "
+        f"({c['linked_entities'] / max(m['kg']['entities'], 1):.2%}); KG {m['kg']['triples']} triples, "
+        f"{m['kg']['relations']} relations",
+        f"  arcs: dep {c['dep_arcs']}, sdp {c['sdp_arcs']}",
+    ]
+    if c["skipped"]:
+        lines.append("  skipped: " + ", ".join(f"{k} {v} (first at {c['first_case'].get(k, '?')})"
+                                               for k, v in sorted(c["skipped"].items())))
+    else:
+        lines.append("  skipped: nothing")
+    if c["notes"]:
+        lines.append("  notes: " + ", ".join(f"{k} {v}" for k, v in sorted(c["notes"].items())))
+    speed = new_chars / t_shards if t_shards > 0 else 0.0
+    lines.append(f"  time {elapsed:.1f}s (setup {t_setup:.1f}s, shards {t_shards:.1f}s); "
+                 f"{new_chars} characters processed in this run, {speed:,.0f} characters/s overall "
+                 f"{new_chars / elapsed if elapsed > 0 else 0:,.0f} characters/s end to end")
+    print("\n".join(lines))

@@ -1,0 +1,112 @@
+"""Tokenizer: load a Hugging Face BERT tokenizer folder or build a WordPiece vocabulary from the
+corpus, add the `[dep]` and `[sdp]` marker tokens, and align words to tokens.
+
+Alignment works on the annotator's words: each sentence is encoded as a pre-split word list, so a
+token never crosses a word boundary and the tokenizer itself reports the word of every token.
+Chinese characters are single tokens (BERT-Chinese pre-tokenisation); Latin words and numbers may
+become several WordPiece tokens of the same word.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+from ckbert.errors import UserError
+
+MARKERS = ("[dep]", "[sdp]")
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def add_markers(tokenizer) -> None:
+    missing = [m for m in MARKERS if m not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing})
+
+
+def load_tokenizer(path: str | Path):
+    """A BertTokenizerFast from a local folder (vocab.txt or tokenizer.json), markers added."""
+    from transformers import BertTokenizerFast
+
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError("tokenizer folder not found", path=path)
+    if not (path / "tokenizer.json").is_file() and not (path / "vocab.txt").is_file():
+        raise UserError("tokenizer folder has neither tokenizer.json nor vocab.txt", path=path)
+    try:
+        tok = BertTokenizerFast.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load tokenizer: {exc}".splitlines()[0], path=path) from None
+    add_markers(tok)
+    return tok
+
+
+def build_vocab(texts: Iterable[str], out_dir: Path, vocab_size: int = 21128, min_frequency: int = 2):
+    """Train a BERT-Chinese style WordPiece vocabulary (CJK characters as single tokens) and save a
+    BertTokenizerFast folder with the markers to `out_dir`."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+
+    wp = BertWordPieceTokenizer(handle_chinese_chars=True, lowercase=True, strip_accents=False)
+    wp.train_from_iterator(
+        texts, vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=BERT_SPECIALS,
+        limit_alphabet=20000, show_progress=False,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wp.save_model(str(out_dir))
+    tok = BertTokenizerFast.from_pretrained(str(out_dir), do_lower_case=True, tokenize_chinese_chars=True)
+    add_markers(tok)
+    tok.save_pretrained(str(out_dir))
+    return tok
+
+
+def save_tokenizer(tokenizer, out_dir: Path) -> None:
+    tokenizer.save_pretrained(str(out_dir))
+
+
+def fingerprint(tokenizer_dir: Path) -> str:
+    return hashlib.sha256((Path(tokenizer_dir) / "tokenizer.json").read_bytes()).hexdigest()
+
+
+def encode_words(tokenizer, batch: list[list[str]]) -> list[tuple[list[int], list[int]]]:
+    """Word lists -> per sentence (token ids, word index of each token); no [CLS]/[SEP].
+
+    The reference path: one batched call of the Rust tokenizer on pre-split words. A word that yields
+    no token (only pure whitespace can, after normalisation) has no token pointing to it.
+    """
+    encs = tokenizer.backend_tokenizer.encode_batch(batch, is_pretokenized=True, add_special_tokens=False)
+    return [(e.ids, e.word_ids) for e in encs]
+
+
+class WordEncoder:
+    """Fast path of `encode_words` with the same output: BERT tokenization of a pre-split word does
+    not depend on its neighbours (the normaliser works per character, WordPiece per word), so each
+    distinct word is tokenized once by the Rust tokenizer and then looked up. Words follow Zipf's
+    law, so the cache hit rate is high; the cache is cleared when it reaches `max_words`.
+    """
+
+    def __init__(self, tokenizer, max_words: int = 500_000):
+        self.backend = tokenizer.backend_tokenizer
+        self.max_words = max_words
+        self.cache: dict[str, list[int]] = {}
+
+    def __call__(self, batch: list[list[str]]) -> list[tuple[list[int], list[int]]]:
+        cache = self.cache
+        missing = list({w for words in batch for w in words if w not in cache})
+        if missing:
+            if len(cache) + len(missing) > self.max_words:
+                cache.clear()
+            encs = self.backend.encode_batch([[w] for w in missing], is_pretokenized=True, add_special_tokens=False)
+            for w, e in zip(missing, encs, strict=True):
+                cache[w] = e.ids
+        out = []
+        for words in batch:
+            ids: list[int] = []
+            word_ids: list[int] = []
+            for k, w in enumerate(words):
+                t = cache[w]
+                ids.extend(t)
+                word_ids.extend([k] * len(t))
+            out.append((ids, word_ids))
+        return out
