@@ -1,9 +1,11 @@
 """`ckbert export CKPT --out DIR`: a training checkpoint -> a Hugging Face model folder.
 
 CKPT is a checkpoint folder (`OUT/checkpoints/step-000100`), or a run folder / checkpoints folder
-whose `latest` names one (docs/contracts.md, "Checkpoints and export"). The model config comes
-from `trainer_state.json` (`model_config`, else the recipe's `config.model`); the tokenizer from
-`--tokenizer`, else `CKPT/tokenizer/`, else the prepared dataset the recipe names. The model card
+whose `latest` names one (docs/contracts.md, "Checkpoints and export"); its weights are
+`model.safetensors` or, for a sharded run, the DCP shards of `ckbert.dist_checkpoint`. The model
+config comes from `trainer_state.json` (`model_config`, else the recipe's `config.model`); the
+tokenizer from `--tokenizer`, else `CKPT/tokenizer/`, else the state's `tokenizer_dir` (relative
+to CKPT), else the prepared dataset the recipe names. The model card
 states the data, the objectives, the step and the measured numbers (`trainer_state.json`'s
 `metrics`, plus `--metrics FILE.json`).
 """
@@ -23,7 +25,9 @@ from ckbert.errors import UserError
 from ckbert.hf_io import CardInfo, export_hf_folder
 from ckbert.model_config import ModelConfig, load_model_config, model_config_from_dict
 
-REQUIRED = ("model.safetensors", "trainer_state.json")
+STATE_FILE = "trainer_state.json"
+WEIGHTS_FILE = "model.safetensors"
+SHARDED_FORMAT = "dcp-safetensors-1"  # ckbert.dist_checkpoint: weights under sharded/
 WORD_EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
 
 
@@ -45,15 +49,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise UserError("`latest` names a checkpoint that does not exist", path=path)
     if ".tmp" in path.name:
         raise UserError("checkpoint is a temporary folder (half written)", path=path)
-    missing = [f for f in REQUIRED if not (path / f).is_file()]
-    if missing:
-        raise UserError(f"not a complete training checkpoint (half written?): missing {', '.join(missing)}",
-                        path=path)
+    if not (path / STATE_FILE).is_file():
+        raise UserError(f"not a complete training checkpoint (half written?): missing {STATE_FILE}", path=path)
     return path
 
 
 def read_trainer_state(ckpt: Path) -> dict[str, Any]:
-    path = ckpt / "trainer_state.json"
+    path = ckpt / STATE_FILE
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -84,7 +86,9 @@ def checkpoint_model_config(state: dict[str, Any], weights: dict, source: Path) 
 def find_tokenizer(ckpt: Path, state: dict[str, Any], explicit: str | None) -> Path:
     recipe = state.get("config") if isinstance(state.get("config"), dict) else {}
     data = recipe.get("data") if isinstance(recipe.get("data"), dict) else {}
-    candidates = [explicit, ckpt / "tokenizer", state.get("tokenizer_dir"),
+    # tokenizer_dir is relative to the checkpoint folder (the trainer writes "../../tokenizer")
+    recorded = ckpt / state["tokenizer_dir"] if isinstance(state.get("tokenizer_dir"), str) else None
+    candidates = [explicit, ckpt / "tokenizer", recorded,
                   Path(data["prepared"]) / "tokenizer" if data.get("prepared") else None]
     for candidate in candidates:
         if candidate is not None and Path(candidate).is_dir():
@@ -122,15 +126,30 @@ def card_info(state: dict[str, Any], extra_metrics: dict[str, Any]) -> CardInfo:
     return CardInfo(data=data_text, objectives=objectives, steps=int(state.get("step", 0)), metrics=metrics)
 
 
+def read_weights(ckpt: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """model.safetensors, or the reassembled shards of a DCP checkpoint (`ckbert.dist_checkpoint`)."""
+    if state.get("format") == SHARDED_FORMAT:
+        from ckbert.dist_checkpoint import load_full_model_state
+
+        try:
+            return load_full_model_state(ckpt)
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+            raise UserError(f"sharded weights are unreadable (half written?): {str(exc).splitlines()[0]}",
+                            path=ckpt) from None
+    if not (ckpt / WEIGHTS_FILE).is_file():
+        raise UserError(f"not a complete training checkpoint (half written?): missing {WEIGHTS_FILE}", path=ckpt)
+    try:
+        return load_file(str(ckpt / WEIGHTS_FILE))
+    except (SafetensorError, OSError) as exc:
+        raise UserError(f"{WEIGHTS_FILE} is unreadable (half written?): {exc}", path=ckpt) from None
+
+
 def export_checkpoint(ckpt: str | Path, out: str | Path, tokenizer: str | None = None,
                       metrics: dict[str, Any] | None = None) -> Path:
     ckpt = resolve_checkpoint(ckpt)
     state = read_trainer_state(ckpt)
-    try:
-        weights = load_file(str(ckpt / "model.safetensors"))
-    except (SafetensorError, OSError) as exc:
-        raise UserError(f"model.safetensors is unreadable (half written?): {exc}", path=ckpt) from None
-    config = checkpoint_model_config(state, weights, ckpt / "trainer_state.json")
+    weights = read_weights(ckpt, state)
+    config = checkpoint_model_config(state, weights, ckpt / STATE_FILE)
     return export_hf_folder(weights, config, find_tokenizer(ckpt, state, tokenizer), out,
                             card_info(state, metrics or {}))
 

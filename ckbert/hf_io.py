@@ -305,20 +305,30 @@ def grow_vocab_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([tensor, fill], dim=0)
 
 
-def import_hf(folder: str | Path, **config_overrides: Any) -> Imported:
-    """An HF BERT-family folder -> `CKBertForPreTraining` + tokenizer with the marker tokens.
+def import_hf(folder: str | Path, tokenizer: Any = None, **config_overrides: Any) -> Imported:
+    """An HF BERT-family folder -> `CKBertForPreTraining` + a tokenizer with the marker tokens.
 
-    `config_overrides` set `ModelConfig` fields the checkpoint does not fix (dropout, kernels,
-    vocab_multiple); a mismatch in any weight's shape is a one-line `UserError`."""
+    Without `tokenizer`, the folder's own tokenizer gets [dep] and [sdp] appended. With one (e.g.
+    a prepared dataset's, made from this checkpoint's vocabulary plus the markers), every token of
+    the folder's tokenizer must keep its id in it. The vocabulary rows grow to the tokenizer size
+    (padded to `vocab_multiple`). `config_overrides` set `ModelConfig` fields the checkpoint does
+    not fix (dropout, kernels, vocab_multiple). A mismatch in any shape is a one-line `UserError`."""
     from transformers import AutoTokenizer
 
     folder = Path(folder)
     config = read_hf_config(folder, **config_overrides)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        source_tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError, TypeError) as exc:
-        raise UserError(f"cannot load the tokenizer: {str(exc).splitlines()[0]}", path=folder) from None
-    added = add_marker_tokens(tokenizer)
+        if tokenizer is None:
+            raise UserError(f"cannot load the tokenizer: {str(exc).splitlines()[0]}", path=folder) from None
+        source_tokenizer = None  # weights-only folder: the given tokenizer must fit the rows
+    if tokenizer is None:
+        tokenizer = source_tokenizer
+        added = add_marker_tokens(tokenizer)
+    else:
+        added = [t for t in MARKER_TOKENS if source_tokenizer is None or t not in source_tokenizer.get_vocab()]
+        _check_extends(tokenizer, source_tokenizer, folder)
     weights = map_keys(read_hf_weights(folder))
 
     # vocabulary: at least the tokenizer (markers included), padded to vocab_multiple
@@ -348,6 +358,24 @@ def import_hf(folder: str | Path, **config_overrides: Any) -> Imported:
                             f"model {list(expected[key].shape)}", path=folder)
     model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)
     return Imported(model, config, tokenizer, added, missing)
+
+
+def _check_extends(tokenizer: Any, source: Any, folder: Path) -> None:
+    """Every token of the checkpoint's tokenizer keeps its id in `tokenizer`."""
+    if source is None:
+        return
+    target = tokenizer.get_vocab()
+    moved = [(tok, i) for tok, i in source.get_vocab().items() if target.get(tok) != i]
+    if moved:
+        tok, i = min(moved, key=lambda item: item[1])
+        raise UserError(f"the tokenizer does not extend this checkpoint's vocabulary ({len(moved)} tokens "
+                        f"differ, e.g. {tok!r}: id {i} here, {target.get(tok)} in the tokenizer); prepare "
+                        "the dataset with this checkpoint's tokenizer", path=folder)
+
+
+def load_hf_pretraining_model(folder: str | Path, tokenizer: Any, **config_overrides: Any) -> CKBertForPreTraining:
+    """For `init_from` in the pretraining recipe: the model of `import_hf(folder, tokenizer)`."""
+    return import_hf(folder, tokenizer, **config_overrides).model
 
 
 def _as_dict(config: ModelConfig) -> dict[str, Any]:

@@ -199,3 +199,20 @@ def test_hf_config_round_trip(tmp_path, small_config, layout):
     assert cfg["model_type"] == {"post_ln": "bert", "pre_ln": "megatron-bert"}[layout]
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     assert read_hf_config(tmp_path, kernels="torch") == config
+
+
+def test_init_from_with_a_prepared_tokenizer(tmp_path, tokenizer_dir):
+    """`init_from`: the prepared dataset's tokenizer = the checkpoint's + markers; a tokenizer with
+    other ids is refused."""
+    from ckbert.hf_io import load_hf_pretraining_model
+
+    folder, hf, tok = _save_hf(tmp_path, tokenizer_dir, "BertForMaskedLM", "bert")
+    prepared = transformers.AutoTokenizer.from_pretrained(str(folder))
+    prepared.add_tokens(list(MARKER_TOKENS), special_tokens=True)
+    model = load_hf_pretraining_model(folder, prepared, kernels="torch")
+    assert model.config.vocab_size == len(tok) + 2
+    torch.testing.assert_close(model.cls.predictions.bias[: len(tok)], hf.cls.predictions.bias)
+    other = transformers.BertTokenizerFast(vocab={t: i for i, t in enumerate(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "人", "中"])})
+    with pytest.raises(UserError, match="does not extend this checkpoint's vocabulary"):
+        load_hf_pretraining_model(folder, other)
