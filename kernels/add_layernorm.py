@@ -63,8 +63,11 @@ def _bwd_op(
     dh, dx, dw, dlb, db = add_layernorm_bwd(dy, dh_out, h, ln_weight, mean, rstd, seed, p, has_bias,
                                             x_dtype, rows_per_program or None)
     # custom ops may not return aliases or None: empty tensors stand for "same as dh" / "no bias".
-    empty = h.new_empty(0, dtype=torch.float32)
-    return dh, (dx if dx is not None else empty), dw, dlb, (db if db is not None else empty)
+    if dx is None:
+        dx = h.new_empty(0, dtype=torch.float32)
+    if db is None:
+        db = h.new_empty(0, dtype=torch.float32)
+    return dh, dx, dw, dlb, db
 
 
 @_bwd_op.register_fake

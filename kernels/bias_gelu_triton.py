@@ -19,12 +19,15 @@ _TANH_C = 0.044715
 @triton.jit
 def _gelu_and_grad(z, APPROX_TANH: tl.constexpr, NEED_GRAD: tl.constexpr):
     if APPROX_TANH:
-        # tanh(u) = 2 sigmoid(2u) - 1; |u| is clamped where tanh is +-1 in fp32 (avoids exp overflow).
-        u = tl.minimum(tl.maximum(_SQRT_2_PI * (z + _TANH_C * z * z * z), -20.0), 20.0)
-        t = 2.0 * tl.sigmoid(2.0 * u) - 1.0
+        # tanh(u) and 1 - tanh(u)^2 from e = exp(-2|u|) <= 1: no overflow, and no cancellation in
+        # 1 - t*t where t -> +-1 (that form failed the fp32 gradient test at |z| ~ 10).
+        u = _SQRT_2_PI * (z + _TANH_C * z * z * z)
+        e = tl.exp(-2.0 * tl.abs(u))
+        t = tl.where(u >= 0, 1.0, -1.0) * (1.0 - e) / (1.0 + e)
         y = 0.5 * z * (1.0 + t)
         if NEED_GRAD:
-            g = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _SQRT_2_PI * (1.0 + 3.0 * _TANH_C * z * z)
+            sech2 = 4.0 * e / ((1.0 + e) * (1.0 + e))
+            g = 0.5 * (1.0 + t) + 0.5 * z * sech2 * _SQRT_2_PI * (1.0 + 3.0 * _TANH_C * z * z)
         else:
             g = y
     else:

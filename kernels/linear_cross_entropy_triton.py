@@ -35,7 +35,8 @@ def _ce_rows_kernel(
     zsum = tl.zeros((BLOCK_V,), tl.float32)
     for start in range(0, V, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
-        z = tl.load(ptr + cols, mask=cols < V, other=_NEG_BIG).to(tl.float32)
+        z = tl.load(ptr + cols, mask=cols < V, other=0.0).to(tl.float32)
+        z = tl.where(cols < V, z, _NEG_BIG)  # after the upcast: -3e38 does not fit fp16/bf16
         m_new = tl.maximum(m, z)
         s = s * tl.exp(m - m_new) + tl.exp(z - m_new)
         zsum += tl.where(cols < V, z, 0.0)

@@ -1,0 +1,94 @@
+"""Chunked linear + cross-entropy: Triton (interpreter) against the full-logits PyTorch reference."""
+
+import pytest
+import torch
+from conftest import assert_close_to_exact, to_double
+
+from ckbert.kernels import linear_cross_entropy, linear_cross_entropy_reference
+from ckbert.kernels.linear_cross_entropy_triton import default_chunk_size
+
+
+def _inputs(m, h, v, dtype, with_bias, ignore_every, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(m, h, generator=g).to(dtype).requires_grad_()
+    weight = (torch.randn(v, h, generator=g) / h**0.5).to(dtype).requires_grad_()
+    bias = (torch.randn(v, generator=g) * 0.1).to(dtype).requires_grad_() if with_bias else None
+    labels = torch.randint(0, v, (m,), generator=g)
+    if ignore_every:
+        labels[::ignore_every] = -100
+    return hidden, weight, bias, labels
+
+
+CASES = [
+    # (M, H, V, chunk): single row and single class; chunks that do not divide M; one chunk; V odd
+    (1, 7, 1, None),
+    (7, 24, 1000, 3),
+    (9, 16, 1023, 4),
+    (13, 7, 37, None),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("m,h,v,chunk", CASES)
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_loss_and_gradients(m, h, v, chunk, dtype, smoothing, with_bias):
+    hidden, weight, bias, labels = _inputs(m, h, v, dtype, with_bias, ignore_every=3 if m > 1 else 0)
+    loss = linear_cross_entropy(hidden, weight, bias, labels, label_smoothing=smoothing, chunk_size=chunk,
+                                backend="triton")
+    loss_ref = linear_cross_entropy_reference(hidden, weight, bias, labels, label_smoothing=smoothing)
+    ex = to_double(hidden, weight, bias)
+    loss_ex = linear_cross_entropy_reference(*ex, labels, label_smoothing=smoothing)
+    assert_close_to_exact(loss, loss_ref, loss_ex, "loss")
+    leaves = [t for t in (hidden, weight, bias) if t is not None]
+    leaves_ex = [t for t in ex if t is not None]
+    # A grad_output other than 1 checks that the backward scales the stored gradients.
+    got = torch.autograd.grad(loss * 2.5, leaves)
+    ref = torch.autograd.grad(loss_ref * 2.5, leaves)
+    exact = torch.autograd.grad(loss_ex * 2.5, leaves_ex)
+    for name, a, b, c in zip(["dhidden", "dweight", "dbias"], got, ref, exact, strict=False):
+        assert_close_to_exact(a, b, c, name)
+
+
+def test_ignored_rows_get_no_gradient_and_do_not_count():
+    hidden, weight, bias, labels = _inputs(6, 8, 50, torch.float32, True, ignore_every=0)
+    labels[1] = labels[4] = -100
+    loss = linear_cross_entropy(hidden, weight, bias, labels, chunk_size=4, backend="triton")
+    (dh,) = torch.autograd.grad(loss, (hidden,))
+    assert torch.all(dh[[1, 4]] == 0) and torch.all(dh[[0, 2, 3, 5]].abs().sum(1) > 0)
+    keep = labels != -100
+    kept = linear_cross_entropy(hidden[keep], weight, bias, labels[keep], backend="triton")
+    torch.testing.assert_close(loss, kept, rtol=1e-6, atol=0)  # mean over the 4 counted rows only
+
+
+def test_custom_ignore_index_and_autocast_dtype():
+    hidden, weight, bias, labels = _inputs(5, 8, 30, torch.float32, True, ignore_every=2)
+    labels[labels == -100] = 7
+    loss = linear_cross_entropy(hidden, weight, bias, labels, ignore_index=7, backend="triton")
+    ref = linear_cross_entropy_reference(hidden, weight, bias, labels, ignore_index=7)
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    # Under autocast the GEMMs run in the autocast dtype, as F.linear would; gradients reach the
+    # fp32 leaves in fp32.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear_cross_entropy(hidden, weight, bias, labels, ignore_index=7, backend="triton")
+        ref = linear_cross_entropy_reference(hidden, weight, bias, labels, ignore_index=7)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, ref, rtol=2e-2, atol=2e-2)  # both from bf16 logits (8-bit mantissa)
+    grads = torch.autograd.grad(loss, (hidden, weight, bias))
+    assert all(g.dtype == torch.float32 for g in grads)
+
+
+def test_default_chunk_keeps_logits_chunk_near_hidden_size():
+    # MLM at base scale: 2458 masked rows, H 768, V 21128 -> chunks of 128 rows (logits 128 x V,
+    # about 1.4x hidden's 2458 x 768 elements) instead of the full 2458 x V.
+    assert default_chunk_size(2458, 768, 21128) == 128
+    assert default_chunk_size(1, 768, 21128) == 1
+    assert default_chunk_size(100, 1024, 512) == 128  # V < H: one chunk
+
+
+def test_bad_shapes():
+    hidden, weight, bias, labels = _inputs(4, 8, 10, torch.float32, True, 0)
+    with pytest.raises(ValueError, match="labels"):
+        linear_cross_entropy(hidden, weight, bias, labels[:3], backend="triton")
+    with pytest.raises(ValueError, match="hidden"):
+        linear_cross_entropy(hidden, weight[:, :4], bias, labels, backend="triton")
