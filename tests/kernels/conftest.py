@@ -11,6 +11,7 @@ CPU machine); the autouse fixture below sets it again for each kernel test, whic
 import os
 
 import pytest
+import torch
 
 _saved = os.environ.get("TRITON_INTERPRET")
 os.environ["TRITON_INTERPRET"] = "1"
@@ -25,8 +26,6 @@ finally:
     else:
         os.environ["TRITON_INTERPRET"] = _saved
 
-import torch  # noqa: E402
-
 from ckbert.kernels import reset_backend  # noqa: E402
 
 
@@ -39,12 +38,22 @@ def triton_interpreter(monkeypatch):
     reset_backend()
 
 
-def to_double(*tensors):
+@pytest.fixture
+def to_double():
+    return _to_double
+
+
+@pytest.fixture
+def assert_close_to_exact():
+    return _assert_close_to_exact
+
+
+def _to_double(*tensors):
     """Leaf fp64 copies (same values) for the exact reference."""
     return [None if t is None else t.detach().double().requires_grad_(t.requires_grad) for t in tensors]
 
 
-def assert_close_to_exact(got, ref_lowp, ref_exact, what: str, factor: float = 2.0, ulps: float = 4.0):
+def _assert_close_to_exact(got, ref_lowp, ref_exact, what: str, factor: float = 2.0, ulps: float = 4.0):
     """The kernel may be off the fp64 reference by at most `factor` times the error of the PyTorch
     reference computed in the same dtype, plus `ulps` units in the last place of the largest value.
 

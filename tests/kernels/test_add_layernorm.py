@@ -2,8 +2,6 @@
 
 import pytest
 import torch
-from conftest import assert_close_to_exact, to_double
-
 from ckbert.kernels import add_layernorm, add_layernorm_reference, bias_dropout_add_layernorm
 from ckbert.kernels.add_layernorm_triton import dropout_keep_mask
 
@@ -25,7 +23,7 @@ def _inputs(shape, dtype, with_bias, seed=0):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 7), (7, 768), (3, 1023), (2, 3, 24)])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_post_ln_forward_and_gradients(shape, dtype, with_bias):
+def test_post_ln_forward_and_gradients(shape, dtype, with_bias, assert_close_to_exact, to_double):
     x, bias, r, w, lb = _inputs(shape, dtype, with_bias)
     eps = 1e-12
     y = bias_dropout_add_layernorm(x, bias, r, w, lb, eps, 0.1, False, backend="triton")
@@ -47,7 +45,7 @@ def test_post_ln_forward_and_gradients(shape, dtype, with_bias):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("shape", [(1, 7), (7, 1023)])
-def test_pre_ln_returns_residual_and_takes_its_gradient(shape, dtype):
+def test_pre_ln_returns_residual_and_takes_its_gradient(shape, dtype, assert_close_to_exact, to_double):
     """Both outputs are used downstream in the pre-LN layout: y feeds the next sublayer and
     new_residual is carried; the backward must add the residual stream's gradient."""
     x, _, r, w, lb = _inputs(shape, dtype, with_bias=False, seed=3)
@@ -109,7 +107,7 @@ def test_dropout_mask_statistics_and_determinism():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_dropout_forward_and_backward_use_the_same_mask(dtype):
+def test_dropout_forward_and_backward_use_the_same_mask(dtype, assert_close_to_exact, to_double):
     """The forward equals the reference fed with the mask drawn for the seed; so do all gradients,
     which the backward regenerates from the seed: any other mask would change dx and dbias."""
     shape = (7, 130)

@@ -2,8 +2,6 @@
 
 import pytest
 import torch
-from conftest import assert_close_to_exact, to_double
-
 from ckbert.kernels import contrastive_loss, contrastive_loss_reference
 
 
@@ -18,7 +16,7 @@ def _inputs(n, k, h, dtype, seed=0):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("n,k,h", [(1, 1, 7), (7, 5, 768), (3, 16, 1023), (5, 3, 24)])
 @pytest.mark.parametrize("masked", [False, True])
-def test_loss_and_gradients(n, k, h, dtype, masked):
+def test_loss_and_gradients(n, k, h, dtype, masked, assert_close_to_exact, to_double):
     anchor, cands, g = _inputs(n, k, h, dtype)
     valid = None
     if masked:

@@ -2,8 +2,6 @@
 
 import pytest
 import torch
-from conftest import assert_close_to_exact, to_double
-
 from ckbert.kernels import linear_cross_entropy, linear_cross_entropy_reference
 from ckbert.kernels.linear_cross_entropy_triton import default_chunk_size
 
@@ -32,7 +30,7 @@ CASES = [
 @pytest.mark.parametrize("m,h,v,chunk", CASES)
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_loss_and_gradients(m, h, v, chunk, dtype, smoothing, with_bias):
+def test_loss_and_gradients(m, h, v, chunk, dtype, smoothing, with_bias, assert_close_to_exact, to_double):
     hidden, weight, bias, labels = _inputs(m, h, v, dtype, with_bias, ignore_every=3 if m > 1 else 0)
     loss = linear_cross_entropy(hidden, weight, bias, labels, label_smoothing=smoothing, chunk_size=chunk,
                                 backend="triton")
