@@ -20,41 +20,13 @@ The model knows nothing of parallelism, precision or compilation (style.md, item
 
 from __future__ import annotations
 
-import types
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ckbert import kernels
+from ckbert.errors import UserError
 from ckbert.model_config import ModelConfig
-
-
-def _bias_dropout_add_layernorm(x, bias, residual, ln_weight, ln_bias, eps, p, training, backend=None):
-    return F.layer_norm(residual + F.dropout(x + bias, p, training), x.shape[-1:], ln_weight, ln_bias, eps)
-
-
-def _add_layernorm(x, residual, ln_weight, ln_bias, eps, backend=None, *, bias=None, p=0.0, training=False):
-    new_residual = residual + F.dropout(x + bias, p, training)
-    return F.layer_norm(new_residual, x.shape[-1:], ln_weight, ln_bias, eps), new_residual
-
-
-def _bias_gelu(x, bias, approximate, backend=None):
-    return F.gelu(x + bias, approximate=approximate)
-
-
-def _linear_cross_entropy(hidden, weight, bias, labels, ignore_index=-100, label_smoothing=0.0, backend=None):
-    return F.cross_entropy(F.linear(hidden, weight, bias).float(), labels, ignore_index=ignore_index,
-                           label_smoothing=label_smoothing)
-
-
-# Stand-in for ckbert.kernels (same names and signatures) until that package lands.
-kernels = types.SimpleNamespace(
-    select_backend=lambda requested: "torch",
-    bias_dropout_add_layernorm=_bias_dropout_add_layernorm,
-    add_layernorm=_add_layernorm,
-    bias_gelu=_bias_gelu,
-    linear_cross_entropy=_linear_cross_entropy,
-)
 
 # HF hidden_act -> torch GELU `approximate` ("gelu_new" is the tanh form).
 GELU_APPROXIMATE = {"gelu": "none", "gelu_new": "tanh"}
@@ -261,7 +233,10 @@ class CKBertForPreTraining(nn.Module):
             raise ValueError("config.vocab_size is null: resolve it from the tokenizer first "
                              "(ckbert.model_config.resolve_vocab_size)")
         self.config = config
-        self.backend = kernels.select_backend(config.kernels)  # decided once, for every layer
+        try:  # decided once per process (ckbert.kernels), for every layer
+            self.backend = kernels.select_backend(config.kernels)
+        except (RuntimeError, ValueError) as exc:  # e.g. "triton" requested where it cannot run
+            raise UserError(f"model.kernels: {exc}") from None
         self.bert = BertBody(config, self.backend)
         self.cls = MLMHead(config)
         self.approximate = GELU_APPROXIMATE[config.hidden_act]

@@ -107,3 +107,13 @@ def tokenizer_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def people_daily_lines():
     return _people_daily(40)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_kernel_backend():
+    """The kernel backend is a per-process decision; each model test makes its own."""
+    from ckbert import kernels
+
+    kernels.reset_backend()
+    yield
+    kernels.reset_backend()
