@@ -2,7 +2,9 @@
 
 A candidate match must start at a word start and end at a word end (it never splits a word), be
 at least `min_len` characters long and not be in the stop-list; with `ner_only`, it must also
-cover exactly an NER span of the annotator. Among the candidates, longer matches win, then the
+cover exactly an NER span of the annotator; with `pos_prefixes`, its last word's POS tag must start
+with one of them (e.g. ``("n",)`` keeps nouns and proper names: n, nr, ns, nt, nz, ...), which keeps
+a general-domain corpus from linking function words that happen to be KG names (以及, 因此). Among the candidates, longer matches win, then the
 earlier one; the chosen mentions never overlap. The automaton's search cost is linear in the text
 (plus the number of matches) and does not grow with the number of entities.
 """
@@ -25,6 +27,7 @@ class LinkerConfig:
     stop_words: frozenset[str] = field(default_factory=frozenset)
     ner_only: bool = False
     require_chinese: bool = True  # names with no CJK character (codes, numbers) are never linked
+    pos_prefixes: tuple[str, ...] | None = None
 
 
 def read_stop_list(path: Path) -> frozenset[str]:
@@ -55,7 +58,7 @@ class Linker:
             self.automaton.make_automaton()
 
     def link(
-        self, words: list[str], ner_spans: list[tuple[int, int]] | None = None
+        self, words: list[str], ner_spans: list[tuple[int, int]] | None = None, pos: list[str] | None = None
     ) -> list[tuple[int, int, int]]:
         """Words of one sentence -> mentions as (first word, end word (exclusive), entity id)."""
         if not self.num_patterns or not words:
@@ -63,12 +66,13 @@ class Linker:
         text = "".join(words)
         start_word = {}  # char offset of a word start -> word index
         end_word = {}  # char offset just after a word -> word index + 1
-        pos = 0
+        offset = 0
         for k, w in enumerate(words):
-            start_word[pos] = k
-            pos += len(w)
-            end_word[pos] = k + 1
-        allowed = set(ner_spans) if self.config.ner_only else None
+            start_word[offset] = k
+            offset += len(w)
+            end_word[offset] = k + 1
+        allowed = set(ner_spans or ()) if self.config.ner_only else None
+        prefixes = self.config.pos_prefixes
         cands = []
         for end_char, (ent_id, length) in self.automaton.iter(text):
             e = end_char + 1
@@ -77,6 +81,8 @@ class Linker:
             if ws is None or we is None:
                 continue
             if allowed is not None and (ws, we) not in allowed:
+                continue
+            if prefixes is not None and (pos is None or not pos[we - 1].startswith(prefixes)):
                 continue
             cands.append((-length, e - length, ws, we, ent_id))
         if not cands:

@@ -122,7 +122,7 @@ def process_shard(job: ShardJob) -> dict:
                 tally.skip("empty_after_tokenization", where)
                 continue
             spans = [(s0, e0) for s0, e0, _ in ner] if ner else []
-            mentions = ctx.linker.link(words, spans)
+            mentions = ctx.linker.link(words, spans, pos)
             linked.update(e for _, _, e in mentions)
             n_with_mention += bool(mentions)
             sd = SentData(

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=126, help="max tokens per row, without [CLS]/[SEP]")
     p.add_argument("--min-mention-len", type=int, default=2)
     p.add_argument("--stop-list", type=Path, default=None, help="entity names never linked, one per line")
+    p.add_argument("--link-pos", default="n", help="comma-separated POS prefixes a mention's last word must have "
+                   "('' = no POS filter; default n: nouns and proper names)")
     p.add_argument("--link-ner-only", action="store_true", help="link only spans the annotator tags as NER")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--shard-lines", type=int, default=2000, help="corpus lines per shard")
@@ -72,7 +74,18 @@ def _check_out(out: Path) -> None:
     target = out if out.exists() else parent
     if not os.access(target, os.W_OK | os.X_OK):
         raise UserError("output folder is not writable", path=target)
-    if out.exists() and any(out.iterdir()) and not (out / "state" / "run.json").is_file() and not (out / "manifest.json").is_file():
+    if not out.exists():
+        try:
+            out.mkdir()
+        except OSError as exc:
+            raise UserError(f"cannot create the output folder ({exc.strerror})", path=out) from None
+    try:
+        probe = out / ".ckbert-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"output folder is not writable ({exc.strerror})", path=out) from None
+    if any(out.iterdir()) and not (out / "state" / "run.json").is_file() and not (out / "manifest.json").is_file():
         raise UserError("output folder is not empty and holds no ckbert run; choose a new --out", path=out)
 
 
@@ -83,7 +96,7 @@ def _identity(args: argparse.Namespace) -> dict:
         st = c.stat()
         files.append({"path": str(c.resolve()), "size": st.st_size, "mtime": int(st.st_mtime)})
     keys = ("format", "text_field", "id_field", "kg_format", "kg_desc_relation", "annotator", "ltp_model",
-            "jieba_hmm", "build_vocab", "vocab_size", "seq_len", "min_mention_len", "link_ner_only",
+            "jieba_hmm", "build_vocab", "link_pos", "vocab_size", "seq_len", "min_mention_len", "link_ner_only",
             "shard_lines", "max_chars", "max_sentence_chars")
     ident = {k: getattr(args, k) for k in keys}
     ident["corpus"] = files
@@ -234,7 +247,9 @@ def main(argv: list[str]) -> int:
     stop = read_stop_list(args.stop_list) if args.stop_list else frozenset()
     if args.link_ner_only and "ner" not in annotator.provides:
         raise UserError(f"--link-ner-only needs an annotator with NER; {annotator.name} has none")
-    linker = Linker(store, LinkerConfig(min_len=args.min_mention_len, stop_words=stop, ner_only=args.link_ner_only))
+    prefixes = tuple(x.strip() for x in args.link_pos.split(",") if x.strip()) or None
+    linker = Linker(store, LinkerConfig(min_len=args.min_mention_len, stop_words=stop, ner_only=args.link_ner_only,
+                                        pos_prefixes=prefixes))
     set_context(Context(
         fmt=args.format, text_field=args.text_field, id_field=args.id_field,
         max_sentence_chars=args.max_sentence_chars, seq_len=args.seq_len, batch_sentences=args.batch_sentences,
@@ -294,7 +309,8 @@ def main(argv: list[str]) -> int:
             "first_case": dict(tally.first),
         },
         "linker": {"min_len": args.min_mention_len, "stop_list": str(args.stop_list) if args.stop_list else None,
-                   "ner_only": args.link_ner_only, "patterns": linker.num_patterns},
+                   "ner_only": args.link_ner_only, "pos_prefixes": list(prefixes or []),
+                   "patterns": linker.num_patterns},
     }
     write_json_atomic(out / "manifest.json", manifest)
     elapsed = time.time() - t0
@@ -317,7 +333,7 @@ def _summary(m: dict, elapsed: float, t_setup: float, t_shards: float, new_chars
         f"  arcs: dep {c['dep_arcs']}, sdp {c['sdp_arcs']}",
     ]
     if c["skipped"]:
-        lines.append("  skipped: " + ", ".join(f"{k} {v} (first at {c['first_case'].get(k, '?')})"
+        lines.append("  skipped: " + ", ".join(f"{k} {v}" + (f" (first at {c['first_case'][k]})" if k in c["first_case"] else "")
                                                for k, v in sorted(c["skipped"].items())))
     else:
         lines.append("  skipped: nothing")
