@@ -1,12 +1,13 @@
 """Scale-out, applied from outside the model in one place (style.md, item 3; torchtitan's parallelize).
 
-`parallelize(model, step_fn, config, env, precision)` returns a module whose ``forward(batch)``
-runs ``step_fn(model, batch)`` (the training step's forward: encode, MLM head, CMRM sample pass)
-and returns its output. Everything the model must not know happens here:
+`parallelize(step, config, env, precision)` takes the training step's forward module -- an
+`nn.Module` whose ``forward(batch)`` runs the whole step (encode, MLM head, CMRM sample pass) and
+which holds the model as ``step.model`` (`ckbert.train.PretrainForward`) -- and returns the module
+to call instead. Everything the model must not know happens here:
 
-- `strategy: ddp`  -- `DistributedDataParallel` around the step module (base, large). One forward
-  call per step: DDP marks each parameter ready once per backward, so the step's two encoder passes
-  (MLM and CMRM samples) must run inside one `forward`, which is why a step module exists at all.
+- `strategy: ddp`  -- `DistributedDataParallel` around the step module (base, large). DDP marks
+  each parameter ready once per backward, so the step's two encoder passes (MLM and CMRM samples)
+  must run inside one `forward`: that is why the step module, not the model, is wrapped.
 - `strategy: fsdp` -- FSDP2 `fully_shard` on every encoder layer, then on the step module as the
   root (huge), with a `MixedPrecisionPolicy` derived from `train.precision` and an optional
   `CPUOffloadPolicy`.
@@ -28,7 +29,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
@@ -104,18 +104,6 @@ def destroy_distributed() -> None:
         dist.destroy_process_group()
 
 
-class StepModule(nn.Module):
-    """Holds `model` as a submodule and runs ``step_fn(model, batch)`` as its forward."""
-
-    def __init__(self, model: nn.Module, step_fn: Callable[[nn.Module, Any], Any]):
-        super().__init__()
-        self.model = model
-        self.step_fn = step_fn
-
-    def forward(self, batch: Any) -> Any:
-        return self.step_fn(self.model, batch)
-
-
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
     """The transformer blocks, `model.bert.encoder.layer` (HF path)."""
     try:
@@ -169,7 +157,7 @@ def mixed_precision_policy(precision: str) -> Any:
     raise UserError(f"train.precision {precision} is not supported with parallel.strategy fsdp; use bf16")
 
 
-def apply_fsdp(step: StepModule, config: ParallelConfig, env: DistEnv, precision: str) -> None:
+def apply_fsdp(step: nn.Module, config: ParallelConfig, env: DistEnv, precision: str) -> None:
     """FSDP2: `fully_shard` each encoder layer, then the root (embeddings, MLM head, step module)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import (
@@ -198,19 +186,15 @@ def apply_fsdp(step: StepModule, config: ParallelConfig, env: DistEnv, precision
     fully_shard(step, reshard_after_forward=False, **kwargs)
 
 
-def parallelize(
-    model: nn.Module,
-    step_fn: Callable[[nn.Module, Any], Any],
-    config: ParallelConfig,
-    env: DistEnv,
-    precision: str = "fp32",
-) -> nn.Module:
-    """Apply activation checkpointing, then DDP or FSDP2; returns the module to call with a batch.
+def parallelize(step: nn.Module, config: ParallelConfig, env: DistEnv, precision: str = "fp32") -> nn.Module:
+    """Apply activation checkpointing, then DDP or FSDP2 to `step` (holding the model as `step.model`);
+    returns the module to call with a batch.
 
-    `model` must already be on `env.device` (DDP) or may be on CPU/meta-free host memory (FSDP moves
-    shards to the mesh device). Use `unwrap` to reach the model for state dicts and export."""
-    chosen = apply_activation_checkpointing(model, config)
-    step = StepModule(model, step_fn)
+    For DDP the model must already be on `env.device`; FSDP2 moves each rank's shards to the mesh
+    device itself. `unwrap` reaches the model again (state dicts, export)."""
+    if not isinstance(getattr(step, "model", None), nn.Module):
+        raise TypeError(f"{type(step).__name__} holds no model at .model")
+    chosen = apply_activation_checkpointing(step.model, config)
     if config.strategy == "fsdp":
         apply_fsdp(step, config, env, precision)
         wrapped: nn.Module = step
@@ -232,10 +216,10 @@ def parallelize(
 
 
 def unwrap(module: nn.Module) -> nn.Module:
-    """The model inside what `parallelize` returned (DDP -> StepModule -> model)."""
+    """The model inside what `parallelize` returned (DDP -> step module -> model)."""
     if isinstance(module, nn.parallel.DistributedDataParallel):
         module = module.module
-    return module.model if isinstance(module, StepModule) else module
+    return module.model
 
 
 def global_batch_size(micro_batch: int, grad_accum: int, world_size: int) -> int:

@@ -70,7 +70,18 @@ def make_batch(rows: np.ndarray, ids: np.ndarray) -> dict[str, torch.Tensor]:
             "positions": torch.tensor(positions), "labels": torch.tensor(labels)}
 
 
-def step_fn(model: CKBertForPreTraining, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+class Step(torch.nn.Module):
+    """The step's forward, holding the model at `.model` as `ckbert.train.PretrainForward` does."""
+
+    def __init__(self, model: CKBertForPreTraining):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return step_loss(self.model, batch)
+
+
+def step_loss(model: CKBertForPreTraining, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     # Two encoder passes per step, as in pretraining (MLM pass + CMRM sample-text pass).
     hidden = model.encode(batch["input_ids"], batch["attention_mask"])
     mlm = model.mlm_loss(hidden, batch["positions"], batch["labels"])
@@ -87,7 +98,7 @@ def main(args: dict) -> None:
     model = CKBertForPreTraining(tiny_config())  # same init on every rank (seed 0)
     pcfg = ParallelConfig(strategy=args["strategy"], activation_checkpointing=args.get("ac", "none"),
                           checkpoint_every=args.get("ac_every", 2))
-    wrapped = parallelize(model, step_fn, pcfg, env)
+    wrapped = parallelize(Step(model), pcfg, env)
     opt = torch.optim.AdamW(wrapped.parameters(), lr=3e-3, weight_decay=0.01)
     rows = text_rows(256)
     order = DataOrder(num_rows=len(rows), seed=11)

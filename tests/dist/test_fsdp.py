@@ -1,0 +1,119 @@
+"""FSDP2 on 2 gloo ranks: train, sharded DCP checkpoint, resume on 1 and on 2 ranks, export, SIGKILL.
+
+Dropout is off in the worker, so a run resumed from a checkpoint must land on the parameters of the
+uninterrupted run up to fp32 reduction-order noise, whatever the world size it resumes on.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from ckbert.dist_checkpoint import latest_checkpoint, load_full_model_state, read_trainer_state
+from ckbert.parallel import DataOrder
+
+# AdamW moves every weight by ~lr = 3e-3 per step; reduction-order noise in fp32 is ~1e-7.
+ATOL = 2e-6
+STEPS, SAVE_EVERY = 4, 2
+ROWS, SEED = 256, 11  # the worker's dataset size and data-order seed
+
+
+def _losses(out: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, (out / "losses.jsonl").read_text().splitlines())}
+
+
+def _assert_same_params(out: Path, ref: Path) -> None:
+    a, b = load_file(str(out / "final.safetensors")), load_file(str(ref / "final.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=ATOL, msg=k)
+
+
+def _from_step(ref: Path, dest: Path, step: int) -> Path:
+    """A copy of the reference run's checkpoints with `latest` at `step` and later ones removed."""
+    shutil.copytree(ref / "checkpoints", dest / "checkpoints")
+    for later in (dest / "checkpoints").glob("step-*"):
+        if int(later.name.split("-")[1]) > step:
+            shutil.rmtree(later)
+    (dest / "checkpoints" / "latest").write_text(f"step-{step:06d}\n")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def reference(run_worker, tmp_path_factory) -> Path:
+    """2 ranks, FSDP2, every 2nd layer checkpointed, 4 steps, a sharded checkpoint every 2 steps."""
+    out = tmp_path_factory.mktemp("fsdp_ref")
+    run_worker(2, {"strategy": "fsdp", "ac": "every_k", "ac_every": 2, "micro_batch": 2, "grad_accum": 2,
+                   "steps": STEPS, "save_every": SAVE_EVERY, "out": str(out)})
+    return out
+
+
+def test_reference_run_reads_the_global_stream(reference):
+    state = read_trainer_state(latest_checkpoint(reference / "checkpoints"))
+    assert state["step"] == STEPS and state["world_size"] == 2 and state["global_batch"] == 8
+    assert state["data_position"] == STEPS * 8
+    seen = json.loads((reference / "rows_seen.json").read_text())
+    assert seen == sorted(DataOrder(ROWS, SEED).rows(0, STEPS * 8).tolist())
+    losses = _losses(reference)
+    assert losses[STEPS] < losses[1]  # it trains
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_resume_on_other_world_size_matches_uninterrupted(run_worker, reference, tmp_path, nproc):
+    out = _from_step(reference, tmp_path, SAVE_EVERY)
+    # Same global batch (8) on 1 rank: micro-batch 4; full activation checkpointing this time.
+    micro = 8 // (2 * nproc)
+    run_worker(nproc, {"strategy": "fsdp", "ac": "full", "micro_batch": micro, "grad_accum": 2,
+                       "steps": STEPS, "out": str(out), "resume": True})
+    _assert_same_params(out, reference)
+    ref_losses, losses = _losses(reference), _losses(out)
+    assert sorted(losses) == list(range(SAVE_EVERY + 1, STEPS + 1))
+    for step, loss in losses.items():
+        assert loss == pytest.approx(ref_losses[step], rel=1e-5, abs=1e-6)
+    # Neither repeated nor skipped: exactly the stream positions after the checkpoint.
+    seen = json.loads((out / "rows_seen.json").read_text())
+    assert seen == sorted(DataOrder(ROWS, SEED).rows(SAVE_EVERY * 8, (STEPS - SAVE_EVERY) * 8).tolist())
+
+
+def test_sharded_checkpoint_consolidates_and_loads_in_hf(reference, tmp_path, worker_module):
+    from transformers import BertForMaskedLM
+
+    from ckbert.hf_io import hf_config_dict
+    from ckbert.model import CKBertForPreTraining
+
+    worker = worker_module
+    state = load_full_model_state(reference / "checkpoints" / f"step-{STEPS:06d}")
+    final = load_file(str(reference / "final.safetensors"))
+    assert state.keys() == final.keys()
+    for k in state:
+        assert torch.equal(state[k], final[k]), k
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(hf_config_dict(worker.tiny_config())))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+    hf = BertForMaskedLM.from_pretrained(str(folder)).eval()
+    ours = CKBertForPreTraining(worker.tiny_config()).eval()
+    ours.load_state_dict(state)
+    batch = worker.make_batch(worker.text_rows(8), torch.arange(8).numpy())
+    with torch.no_grad():
+        expected = ours(batch["input_ids"], batch["attention_mask"])  # [B, L, V]
+        got = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_sigkill_mid_step_resumes_from_last_complete_checkpoint(run_worker, torchrun, reference, tmp_path):
+    args = {"strategy": "fsdp", "ac": "every_k", "ac_every": 2, "micro_batch": 2, "grad_accum": 2,
+            "steps": STEPS, "save_every": SAVE_EVERY, "out": str(tmp_path), "kill_at_step": 3}
+    proc = torchrun(2, args)
+    assert proc.returncode != 0, "the run was not killed"
+    assert "Signals.SIGKILL" in proc.stderr or "SIGKILL" in proc.stderr, proc.stderr[-2000:]
+    assert latest_checkpoint(tmp_path / "checkpoints").name == f"step-{SAVE_EVERY:06d}"
+    assert sorted(_losses(tmp_path)) == [1, 2]  # step 3 never finished
+    run_worker(2, {**{k: v for k, v in args.items() if k != "kill_at_step"}, "resume": True})
+    _assert_same_params(tmp_path, reference)
+
