@@ -151,29 +151,33 @@ class Layer(nn.Module):
         )
 
     def forward_pre_ln(
-        self, pending: tuple[torch.Tensor, torch.Tensor] | None, residual: torch.Tensor,
-        mask: torch.Tensor | None,
-    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """`residual` [B, L, H] is the stream; `pending` = (matmul output without bias, bias) of the
-        previous sublayer, not yet added (None before the first layer). Returns the new (pending,
-        residual), so that each bias + dropout + add is fused with the LayerNorm that follows."""
+        self, pending: torch.Tensor | None, residual: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`residual` [B, L, H] is the stream; `pending` [B, L, H] the previous sublayer's output
+        (bias included, dropout not yet applied) that is not yet added to it (None before the first
+        layer). Returns the new (pending, residual), so that each dropout + add is fused with the
+        LayerNorm that follows it. Only activations cross the layer boundary, never parameters,
+        so a sharded (FSDP) layer may free its weights after its call."""
         ln = self.attention.ln
         if pending is None:
             y = F.layer_norm(residual, residual.shape[-1:], ln.weight, ln.bias, self.eps)
         else:
-            y, residual = self._add_ln(pending, residual, ln)
-        d = self.attention.output.dense
-        y, residual = self._add_ln((F.linear(self.attention.self(y, mask), d.weight), d.bias), residual, self.ln)
+            y, residual = dropout_add_layernorm(pending, residual, ln, self.p, self.training, self.backend)
+        # the attention output's bias and dropout are fused into the add + LayerNorm here
+        d, ln = self.attention.output.dense, self.ln
+        y, residual = kernels.add_layernorm(
+            F.linear(self.attention.self(y, mask), d.weight), residual, ln.weight, ln.bias, self.eps,
+            backend=self.backend, bias=d.bias, p=self.p, training=self.training,
+        )
         d = self.output.dense
-        return (F.linear(self._ffn_in(y), d.weight), d.bias), residual
+        return F.linear(self._ffn_in(y), d.weight, d.bias), residual
 
-    def _add_ln(
-        self, pending: tuple[torch.Tensor, torch.Tensor], residual: torch.Tensor, ln: nn.LayerNorm
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        # (LayerNorm(residual + dropout(x + bias)), residual + dropout(x + bias))
-        x, bias = pending
-        return kernels.add_layernorm(x, residual, ln.weight, ln.bias, self.eps, backend=self.backend,
-                                     bias=bias, p=self.p, training=self.training)
+
+def dropout_add_layernorm(
+    x: torch.Tensor, residual: torch.Tensor, ln: nn.LayerNorm, p: float, training: bool, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LayerNorm(residual + dropout(x)), residual + dropout(x)) for [B, L, H] tensors."""
+    return kernels.add_layernorm(x, residual, ln.weight, ln.bias, ln.eps, backend=backend, p=p, training=training)
 
 
 class Encoder(nn.Module):
@@ -183,6 +187,8 @@ class Encoder(nn.Module):
         if config.layout == "pre_ln":
             self.ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.layout = config.layout
+        self.p = config.hidden_dropout_prob
+        self.backend = backend
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if self.layout == "post_ln":
@@ -194,7 +200,7 @@ class Encoder(nn.Module):
             pending, x = layer.forward_pre_ln(pending, x, mask)
         if pending is None:  # no layers
             return F.layer_norm(x, x.shape[-1:], self.ln.weight, self.ln.bias, self.ln.eps)
-        y, _ = self.layer[-1]._add_ln(pending, x, self.ln)
+        y, _ = dropout_add_layernorm(pending, x, self.ln, self.p, self.training, self.backend)
         return y
 
 
