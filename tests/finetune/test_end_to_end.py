@@ -47,12 +47,12 @@ def check_submission(task, path, data):
         rows = _jsonl(path)
         questions = json.loads((data / "test1.1.json").read_text())[0][1]
         assert [r["id"] for r in rows] == [q["id"] for q in questions]
-        assert all(isinstance(r["label"], int) and 0 <= r["label"] < len(q["choice"]) for r, q in zip(rows, questions))
+        assert all(isinstance(r["label"], int) and 0 <= r["label"] < len(q["choice"]) for r, q in zip(rows, questions, strict=True))
     elif task == "cluener":
         test = _jsonl(data / "test.json")
         rows = _jsonl(path)
         assert [r["id"] for r in rows] == [t["id"] for t in test]
-        for r, t in zip(rows, test):
+        for r, t in zip(rows, test, strict=True):
             for etype, ents in r["label"].items():
                 assert etype in CLUENER_TYPES
                 for entity, spans in ents.items():

@@ -1,0 +1,69 @@
+"""The knowledge probe on the tiny model and a tiny KG store."""
+
+import json
+
+import pytest
+import torch
+
+from ckbert.data_prep.kg_store import KGStore
+from ckbert.finetune.checkpoint import load_tokenizer
+from ckbert.finetune.probe import ProbeItem, build_items, main, score_candidates, summarise
+
+
+def test_probe_cli_splits_seen_and_held_out(tiny_model, tiny_kg, tmp_path, capsys):
+    heads = tmp_path / "heads.txt"
+    heads.write_text("感冒\n肺炎\n不在图谱里\n", encoding="utf-8")
+    out = tmp_path / "probe.json"
+    rc = main(["--model", str(tiny_model), "--kg", str(tiny_kg), "--seen-heads", str(heads), "--k", "3",
+               "--out", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["stats"]["seen_heads_not_in_kg"] == 1
+    groups = report["groups"]
+    assert groups["seen"]["triples"] == 5 and groups["held_out"]["triples"] == 6  # 感冒 3 + 肺炎 2
+    for g in groups.values():
+        assert g["mean_candidates"] == 4  # each relation has at least 3 other tails
+        assert g["chance_accuracy@1"] == pytest.approx(25.0)
+        assert g["chance_mrr"] == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
+        assert 0.0 <= g["accuracy@1"] <= 100.0 and 0.25 <= g["mrr"] <= 1.0
+    assert "| seen | 5 |" in capsys.readouterr().out
+
+
+def test_distractors_share_the_relation_and_exclude_true_tails(tiny_model, tiny_kg):
+    store = KGStore.open(tiny_kg)
+    tok = load_tokenizer(tiny_model)
+    items = build_items(store, tok, None, k=9, max_triples=100, max_tail_tokens=8, seed=0, stats={})
+    symptoms = {"发热", "咳嗽", "胸痛", "腹痛", "多尿", "头晕"}
+    for it in items:
+        if it.head == "感冒" and it.relation == "症状":
+            assert set(it.candidates[1:]) == symptoms - {"发热", "咳嗽"}  # the other true tail is no distractor
+        pool = symptoms if it.relation == "症状" else {"布洛芬", "阿莫西林", "奥美拉唑", "二甲双胍", "硝苯地平"}
+        assert set(it.candidates) <= pool
+    assert build_items(store, tok, None, 9, 100, 8, 0, {}) == items  # seeded: the same items
+    assert len(build_items(store, tok, None, 9, 4, 8, 0, {})) == 4  # --max-triples caps
+
+
+def test_scores_are_masked_log_likelihoods(tiny_model):
+    from transformers import AutoModelForMaskedLM
+
+    tok = load_tokenizer(tiny_model)
+    model = AutoModelForMaskedLM.from_pretrained(str(tiny_model)).eval()
+    item = ProbeItem("感冒", "症状", ["发热", "阿莫西林"], "all")
+    mean = score_candidates(model, tok, [item], "{head}的{relation}是{tail}。", "mean", batch_size=8)[0]
+    total = score_candidates(model, tok, [item], "{head}的{relation}是{tail}。", "sum", batch_size=1)[0]
+    for cand, m, s in zip(item.candidates, mean, total, strict=True):
+        ids = tok(cand, add_special_tokens=False)["input_ids"]
+        enc = tok("感冒的症状是" + tok.mask_token * len(ids) + "。", return_tensors="pt")
+        with torch.no_grad():
+            logp = torch.log_softmax(model(**enc).logits[0], -1)  # [L, V]
+        pos = (enc["input_ids"][0] == tok.mask_token_id).nonzero().flatten()
+        expected = sum(float(logp[p, t]) for p, t in zip(pos.tolist(), ids, strict=True))
+        assert s == pytest.approx(expected, abs=1e-4)
+        assert m == pytest.approx(expected / len(ids), abs=1e-4)
+
+
+def test_ranks_count_ties_against_the_true_tail():
+    items = [ProbeItem("h", "r", ["a", "b", "c"], "all")] * 3
+    report = summarise(items, [[0.0, -1.0, -2.0], [0.0, 0.0, -2.0], [-3.0, -1.0, -2.0]])["all"]
+    assert report["accuracy@1"] == pytest.approx(100 / 3)
+    assert report["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
