@@ -68,3 +68,60 @@ def pd_plain_file(tmp_path_factory, pd_plain) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "pd_plain.txt"
     path.write_text("\n".join(pd_plain) + "\n", encoding="utf-8")
     return path
+
+
+def build_tiny_ltp(out: Path, chars: str, hidden: int = 16) -> Path:
+    """A randomly initialised LTP 4.2 model built offline with the real ltp_core classes, saved in the
+    layout `ltp.LTP(dir)` loads: config.json (with `_ltp_target_` class paths and the label vocabularies),
+    pytorch_model.bin (state dict) and vocab.txt (a BERT vocabulary for its tokenizer)."""
+    import json
+
+    import torch
+    from ltp_core.models.utils import instantiate
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(chars) - {" ", "\n"})]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+
+    def token_head(n):
+        return {"_ltp_target_": "ltp_core.models.components.token.MLPTokenClassifier", "input_size": hidden, "num_labels": n}
+
+    def graph_head(n):
+        return {"_ltp_target_": "ltp_core.models.components.graph.BiaffineClassifier", "input_size": hidden,
+                "num_labels": n, "arc_hidden_size": 8, "rel_hidden_size": 8}
+
+    vocabs = {
+        "cws": ["I-W", "B-W"],
+        "pos": ["n", "v", "a", "wp", "nh", "ns", "ni", "m"],
+        "ner": ["O", "B-Nh", "I-Nh", "E-Nh", "S-Nh", "B-Ns", "I-Ns", "E-Ns", "S-Ns"],
+        "dep": ["SBV", "VOB", "ATT", "ADV", "HED", "WP", "COO", "RAD"],
+        "sdp": ["AGT", "EXP", "PAT", "FEAT", "Root", "mPUNC"],
+    }
+    processor = {"cws": "TokenOnly", "pos": "WordsOnly", "ner": "WordsOnly", "dep": "WordsWithHead", "sdp": "WordsWithHead"}
+    config = {
+        "nerual": True,
+        "model": {
+            "_ltp_target_": "ltp_core.models.ltp_model.LTPModule",
+            "backbone": {
+                "_ltp_target_": "ltp_core.models.utils.load_transformers",
+                "config": {"model_type": "bert", "vocab_size": len(vocab), "hidden_size": hidden, "num_hidden_layers": 1,
+                           "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 512},
+            },
+            "processor": {k: {"_ltp_target_": f"ltp_core.models.processor.{v}"} for k, v in processor.items()},
+            "heads": {
+                "cws": token_head(2), "pos": token_head(len(vocabs["pos"])), "ner": token_head(len(vocabs["ner"])),
+                "dep": graph_head(len(vocabs["dep"])), "sdp": graph_head(len(vocabs["sdp"])),
+            },
+        },
+        "vocabs": vocabs,
+    }
+    torch.manual_seed(0)
+    model = instantiate(config["model"])
+    torch.save(model.state_dict(), out / "pytorch_model.bin")
+    (out / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_ltp(tmp_path_factory, pd_plain) -> Path:
+    return build_tiny_ltp(tmp_path_factory.mktemp("ltp") / "tiny", "".join(pd_plain))
