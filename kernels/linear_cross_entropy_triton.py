@@ -21,40 +21,46 @@ _NEG_BIG = -3.0e38  # finite "minus infinity" for masked lanes: keeps exp(m_old 
 @triton.jit
 def _ce_rows_kernel(
     Logits, stride, Labels, Loss,  # logits [C, V] (overwritten by d loss_row / d logits), labels [C], loss [C] fp32
-    V, ignore_index, smoothing,
-    BLOCK_V: tl.constexpr,
+    C, V, ignore_index, smoothing,
+    BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
-    row = tl.program_id(0)
-    ptr = Logits + row.to(tl.int64) * stride
-    label = tl.load(Labels + row)
+    # A tile is BLOCK_M rows x BLOCK_V classes: one row per program on a GPU (BLOCK_M = 1), many
+    # rows per program under the interpreter, where each program instance is expensive.
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < C
+    ptr = Logits + rows[:, None].to(tl.int64) * stride  # [BM, 1]
+    label = tl.load(Labels + rows, mask=rmask, other=ignore_index)
     valid = label != ignore_index
     safe_label = tl.where(valid, label, 0)
     # Pass 1: per-lane running max m and sum s of exp(z - m); plus the sum of logits (smoothing term).
-    m = tl.full((BLOCK_V,), _NEG_BIG, tl.float32)
-    s = tl.zeros((BLOCK_V,), tl.float32)
-    zsum = tl.zeros((BLOCK_V,), tl.float32)
+    m = tl.full((BLOCK_M, BLOCK_V), _NEG_BIG, tl.float32)
+    s = tl.zeros((BLOCK_M, BLOCK_V), tl.float32)
+    zsum = tl.zeros((BLOCK_M, BLOCK_V), tl.float32)
     for start in range(0, V, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
-        z = tl.load(ptr + cols, mask=cols < V, other=0.0).to(tl.float32)
-        z = tl.where(cols < V, z, _NEG_BIG)  # after the upcast: -3e38 does not fit fp16/bf16
+        mask = rmask[:, None] & (cols < V)[None, :]
+        z = tl.load(ptr + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        z = tl.where(mask, z, _NEG_BIG)  # after the upcast: -3e38 does not fit fp16/bf16
         m_new = tl.maximum(m, z)
         s = s * tl.exp(m - m_new) + tl.exp(z - m_new)
-        zsum += tl.where(cols < V, z, 0.0)
+        zsum += tl.where(mask, z, 0.0)
         m = m_new
-    row_max = tl.max(m, axis=0)
-    lse = row_max + tl.log(tl.sum(s * tl.exp(m - row_max), axis=0))
-    z_label = tl.load(ptr + safe_label).to(tl.float32)
+    row_max = tl.max(m, axis=1)
+    lse = row_max + tl.log(tl.sum(s * tl.exp(m - row_max[:, None]), axis=1))  # [BM]
+    lse = tl.where(rmask, lse, 0.0)  # rows past C: keeps pass 2's exp finite (their stores are masked)
+    z_label = tl.load(Logits + rows.to(tl.int64) * stride + safe_label, mask=rmask, other=0.0).to(tl.float32)
     # PyTorch's label smoothing: (1 - eps) * nll + eps * mean_j(-log p_j), mean_j(-log p_j) = lse - mean(z)
-    loss = (1.0 - smoothing) * (lse - z_label) + smoothing * (lse - tl.sum(zsum, axis=0) / V)
-    tl.store(Loss + row, tl.where(valid, loss, 0.0))
+    loss = (1.0 - smoothing) * (lse - z_label) + smoothing * (lse - tl.sum(zsum, axis=1) / V)
+    tl.store(Loss + rows, tl.where(valid, loss, 0.0), mask=rmask)
     # Pass 2: d loss / d z_j = softmax_j - eps / V - (1 - eps) [j == label]; zero for ignored rows.
     for start in range(0, V, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
-        cmask = cols < V
-        z = tl.load(ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-        g = tl.exp(z - lse) - smoothing / V - tl.where(cols == safe_label, 1.0 - smoothing, 0.0)
-        g = tl.where(valid, g, 0.0)
-        tl.store(ptr + cols, g.to(Logits.dtype.element_ty), mask=cmask)
+        mask = rmask[:, None] & (cols < V)[None, :]
+        z = tl.load(ptr + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        g = tl.exp(z - lse[:, None]) - smoothing / V
+        g -= tl.where(cols[None, :] == safe_label[:, None], 1.0 - smoothing, 0.0)
+        g = tl.where(valid[:, None], g, 0.0)
+        tl.store(ptr + cols[None, :], g.to(Logits.dtype.element_ty), mask=mask)
 
 
 def default_chunk_size(n_rows: int, hidden: int, vocab: int) -> int:
@@ -65,7 +71,7 @@ def default_chunk_size(n_rows: int, hidden: int, vocab: int) -> int:
 
 def linear_cross_entropy_fwd(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor,
-    ignore_index: int, smoothing: float, chunk_size: int | None,
+    ignore_index: int, smoothing: float, chunk_size: int | None, rows_per_program: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """hidden [M, H], weight [V, H], bias [V] | None, labels [M] (all contiguous, one dtype) ->
     mean loss (fp32 scalar), grad_hidden [M, H], grad_weight [V, H], grad_bias [V] | None (of the mean)."""
@@ -74,6 +80,9 @@ def linear_cross_entropy_fwd(
     vocab = weight.shape[0]
     chunk = chunk_size or default_chunk_size(n_rows, hidden.shape[1], vocab)
     block_v = min(triton.next_power_of_2(vocab), 65536 if interpreter_on() else 4096)
+    if rows_per_program is None:
+        rows_per_program = max(1, 65536 // block_v) if interpreter_on() else 1
+    block_m = min(triton.next_power_of_2(chunk), triton.next_power_of_2(rows_per_program))
     loss_rows = torch.empty(n_rows, dtype=torch.float32, device=hidden.device)
     grad_hidden = torch.empty_like(hidden)
     grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
@@ -81,9 +90,11 @@ def linear_cross_entropy_fwd(
     for start in range(0, n_rows, chunk):
         h = hidden[start:start + chunk]  # [C, H]
         logits = h @ weight.t() if bias is None else torch.addmm(bias, h, weight.t())  # [C, V]
-        _ce_rows_kernel[(h.shape[0],)](
+        n = h.shape[0]
+        _ce_rows_kernel[(triton.cdiv(n, block_m),)](
             logits, logits.stride(0), labels[start:start + chunk], loss_rows[start:start + chunk],
-            vocab, ignore_index, smoothing, BLOCK_V=block_v, num_warps=8 if block_v >= 2048 else 4,
+            n, vocab, ignore_index, smoothing,
+            BLOCK_M=block_m, BLOCK_V=block_v, num_warps=8 if block_v >= 2048 else 4,
         )
         grad_hidden[start:start + chunk] = logits @ weight  # [C, H]
         grad_weight += (logits.t() @ h).float()  # [V, H], accumulated in fp32 across chunks

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from ckbert.kernels import contrastive_loss, contrastive_loss_reference
+from ckbert.kernels.contrastive_triton import contrastive_fwd
 
 
 def _inputs(n, k, h, dtype, seed=0):
@@ -55,3 +56,15 @@ def test_bad_arguments():
         contrastive_loss(anchor, cands, 0.1, torch.ones(2, 2, dtype=torch.bool), backend="triton")
     with pytest.raises(ValueError, match="anchor"):
         contrastive_loss(anchor[:, :4], cands, 0.1, backend="triton")
+
+
+def test_gpu_tiling_one_anchor_per_program_matches():
+    """On a GPU the kernel runs one anchor per program; the interpreter default packs several."""
+    anchor, cands, g = _inputs(5, 3, 40, torch.float32)
+    valid = (torch.rand(5, 3, generator=g) > 0.3).to(torch.int8)
+    valid[2, 0] = 0
+    a, c = anchor.detach(), cands.detach()
+    one = contrastive_fwd(a, c, valid, 0.1, rows_per_program=1)
+    packed = contrastive_fwd(a, c, valid, 0.1)
+    for x, y in zip(one, packed, strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
