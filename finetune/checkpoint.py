@@ -48,8 +48,11 @@ def max_positions(model_dir: Path) -> int:
     return int(config.get("max_position_embeddings", 512))
 
 
-def load_model(model_cls: Any, model_dir: Path, **kwargs: Any) -> Any:
+def load_model(model_cls: Any, model_dir: Path, random_init: bool = False, **kwargs: Any) -> Any:
     """`model_cls` (an AutoModelFor* class) from the folder; a new task head is randomly initialised.
+
+    `random_init` keeps the folder's architecture and size but draws every weight at random: the
+    no-pretraining baseline of the same size and tokenizer.
 
     transformers' per-load report (pretraining head unused, task head new) is expected for every
     fine-tuning run, so it is silenced; real load failures still raise.
@@ -60,6 +63,11 @@ def load_model(model_cls: Any, model_dir: Path, **kwargs: Any) -> Any:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
+        if random_init:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True, **kwargs)
+            return model_cls.from_config(config)
         return model_cls.from_pretrained(str(model_dir), local_files_only=True, **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load the model: {str(exc).splitlines()[0]}", path=model_dir) from None

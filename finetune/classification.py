@@ -131,13 +131,14 @@ class ClassificationTask:
             out.append(ex)
         return out
 
-    def model(self, model_dir: Path) -> Any:
+    def model(self, model_dir: Path, random_init: bool = False) -> Any:
         from ckbert.finetune.checkpoint import load_model
         from transformers import AutoModelForSequenceClassification
 
         return load_model(
             AutoModelForSequenceClassification,
             model_dir,
+            random_init,
             num_labels=len(self.labels),
             id2label=dict(enumerate(self.labels)),
             label2id={k: i for i, k in enumerate(self.labels)},

@@ -42,11 +42,11 @@ class MultipleChoiceTask:
         self.num_choices = num_choices
         self.submission_name = submission_name
 
-    def model(self, model_dir: Path) -> Any:
+    def model(self, model_dir: Path, random_init: bool = False) -> Any:
         from ckbert.finetune.checkpoint import load_model
         from transformers import AutoModelForMultipleChoice
 
-        return load_model(AutoModelForMultipleChoice, model_dir)
+        return load_model(AutoModelForMultipleChoice, model_dir, random_init)
 
     def collator(self, tokenizer: Any) -> Any:
         from transformers import default_data_collator

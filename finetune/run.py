@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output folder (results.json, submission file)")
     p.add_argument("--config", type=Path, help="YAML recipe instead of configs/finetune/<task>.yaml")
     p.add_argument("--name", help="model name in the submission zip (default: the model folder name)")
+    p.add_argument(
+        "--random-init", action="store_true", help="same architecture and tokenizer, random weights (baseline)"
+    )
     p.add_argument("--save-model", action="store_true", help="keep each seed's best fine-tuned model")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return p
@@ -42,6 +45,7 @@ def main(argv: list[str]) -> int:
     results = finetune(
         args.task, args.model, args.data, args.out, cfg,
         submission_name=name if task.submission_name else None, save_model=args.save_model,
+        random_init=args.random_init,
     )
     summary = {k: results[k] for k in ("task", "metric", "dev", "dev_mean", "dev_std") if k in results}
     if "test" in results:

@@ -74,11 +74,11 @@ class SpanTask:
             stats[f"{split}_skipped_answer_not_in_context"] = skipped
         return out
 
-    def model(self, model_dir: Path) -> Any:
+    def model(self, model_dir: Path, random_init: bool = False) -> Any:
         from ckbert.finetune.checkpoint import load_model
         from transformers import AutoModelForQuestionAnswering
 
-        return load_model(AutoModelForQuestionAnswering, model_dir)
+        return load_model(AutoModelForQuestionAnswering, model_dir, random_init)
 
     def collator(self, tokenizer: Any) -> Any:
         from transformers import default_data_collator

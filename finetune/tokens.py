@@ -115,13 +115,14 @@ class TokenTask:
                     out.append((etype, span[0], span[1]))
         return out
 
-    def model(self, model_dir: Path) -> Any:
+    def model(self, model_dir: Path, random_init: bool = False) -> Any:
         from ckbert.finetune.checkpoint import load_model
         from transformers import AutoModelForTokenClassification
 
         return load_model(
             AutoModelForTokenClassification,
             model_dir,
+            random_init,
             num_labels=len(self.labels),
             id2label=dict(enumerate(self.labels)),
             label2id={k: i for i, k in enumerate(self.labels)},

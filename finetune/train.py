@@ -49,6 +49,7 @@ def finetune(
     cfg: FinetuneConfig,
     submission_name: str | None = None,
     save_model: bool = False,
+    random_init: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate `task_name`; write results.json (and the submission file) into `out_dir`."""
     task = get_task(task_name)
@@ -79,7 +80,7 @@ def finetune(
     started = time.time()
     for seed in cfg.seeds:
         seed_everything(seed)  # before the model: the new task head is drawn from this seed
-        model = task.model(model_dir).to(device)
+        model = task.model(model_dir, random_init).to(device)
         history = train(model, encoded["train"].dataset, collator, cfg, seed, dev_scores, task.metric)
         run: dict[str, Any] = {
             "seed": seed,
@@ -105,6 +106,7 @@ def finetune(
     results: dict[str, Any] = {
         "task": task_name,
         "model": str(model_dir),
+        "random_init": random_init,
         "metric": task.metric,
         "dev": best["dev"],
         "dev_mean": statistics.fmean(main),

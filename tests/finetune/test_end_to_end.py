@@ -114,3 +114,16 @@ def test_clue_command_table_and_zip(tiny_model, fixtures, tmp_path, capsys):
     (zip_path,) = tmp_path.glob("submit_tiny_*.zip")
     with zipfile.ZipFile(zip_path) as zf:
         assert sorted(zf.namelist()) == ["afqmc_predict.json", "cmrc2018_predict.json"]
+
+
+def test_random_init_baseline_keeps_size_but_not_weights(tiny_model):
+    import torch
+
+    from ckbert.finetune.tasks import get_task
+
+    task = get_task("sentiment")
+    pretrained, random = task.model(tiny_model), task.model(tiny_model, random_init=True)
+    assert pretrained.config.hidden_size == random.config.hidden_size == 32
+    assert random.config.vocab_size == pretrained.config.vocab_size
+    w = "bert.embeddings.word_embeddings.weight"
+    assert not torch.equal(pretrained.state_dict()[w], random.state_dict()[w])

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-
 from ckbert.data_prep.kg_store import KGStore
 from ckbert.finetune.checkpoint import load_tokenizer
 from ckbert.finetune.probe import ProbeItem, build_items, main, score_candidates, summarise
