@@ -109,6 +109,8 @@ def train(
         nonlocal best_state, running
         scores = evaluate(model)
         history.evals.append({"step": history.steps, "train_loss": running / max(1, eval_every), **scores})
+        print(f"  step {history.steps}/{total}: train loss {history.evals[-1]['train_loss']:.4f}, "
+              f"dev {metric} {scores[metric]:.2f}", flush=True)
         running = 0.0
         if scores[metric] > history.best_score:
             history.best_score, history.best_step = scores[metric], history.steps
