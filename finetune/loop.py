@@ -103,15 +103,15 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     history = History()
     best_state: dict[str, torch.Tensor] | None = None
-    running, micro = 0.0, 0
+    running, since, micro = 0.0, 0, 0  # summed loss and optimisation steps since the last evaluation
 
     def checkpoint() -> None:
-        nonlocal best_state, running
+        nonlocal best_state, running, since
         scores = evaluate(model)
-        history.evals.append({"step": history.steps, "train_loss": running / max(1, eval_every), **scores})
+        history.evals.append({"step": history.steps, "train_loss": running / max(1, since), **scores})
         print(f"  step {history.steps}/{total}: train loss {history.evals[-1]['train_loss']:.4f}, "
               f"dev {metric} {scores[metric]:.2f}", flush=True)
-        running = 0.0
+        running, since = 0.0, 0
         if scores[metric] > history.best_score:
             history.best_score, history.best_step = scores[metric], history.steps
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -124,6 +124,7 @@ def train(
             with _autocast(device, cfg.precision):
                 loss = model(**batch).loss / cfg.gradient_accumulation
             scaler.scale(loss).backward()
+            running += loss.item()  # summed over the micro-batches: the step's mean loss
             micro += 1
             if micro % cfg.gradient_accumulation:
                 continue
@@ -134,7 +135,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             schedule.step()
             history.steps += 1
-            running += loss.item() * cfg.gradient_accumulation
+            since += 1
             if history.steps % eval_every == 0 or history.steps == total:
                 checkpoint()
             if history.steps >= total:
