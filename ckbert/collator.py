@@ -1,0 +1,377 @@
+"""Batch construction for pretraining: LMLM masks and CMRM samples, drawn at batch time.
+
+Rows follow the prepared-dataset schema (docs/contracts.md). For each row the collator
+
+1. picks whole words as prediction targets within a budget of `rate` x tokens (method.md, sec. 1):
+   mode "arcs": DEP arcs (30%), SDP arcs (30%), then random whole words for the rest;
+   mode "words": linked entity mentions and content words (by POS) first, then random words;
+2. inserts `[dep]`/`[sdp]` markers around the words that whitelisted relations name; the markers
+   are prediction targets too; truncates after insertion at a word boundary, so no marker pair is
+   ever cut in half;
+3. corrupts the targets 80/10/10 ([MASK] / random token / unchanged) and adds [CLS]/[SEP];
+4. keeps up to `mentions_per_sequence` linked mentions and draws, from the KG store, one positive
+   (the entity description, else one random 1-hop fact) and K negatives (hop 2..3, not hop 1),
+   each rendered as a short text starting with the mention (method.md, sec. 2).
+
+Everything random comes from one numpy Generator per row seeded with (seed, epoch, row index), so a
+batch is reproducible wherever and whenever it is built, and every epoch sees new masks. The
+batch's unique sample texts are tokenized once, in a single call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ckbert.data_prep.kg_store import KGStore, sample_negatives, sample_positive
+from ckbert.train_config import CMRMConfig, MaskingConfig
+
+# Marker whitelist (method.md, sec. 1): which word of an arc gets the marker pair.
+DEPENDENT, HEAD, BOTH = 1, 2, 3
+DEP_MARKED = {"SBV": DEPENDENT, "RAD": DEPENDENT, "ATT": HEAD, "ADV": HEAD, "DBL": HEAD, "LAD": HEAD,
+              "COO": BOTH, "HED": DEPENDENT}
+SDP_MARKED = {"AGT": BOTH, "EXP": BOTH}
+
+# Source of each prediction target, for the mask-rate statistics.
+SRC_DEP, SRC_SDP, SRC_PRIORITY, SRC_RANDOM, SRC_MARKER = 1, 2, 3, 4, 5
+
+# Counted per batch and logged: kept mentions; mentions dropped for lack of a positive / of any
+# negative; mentions with fewer than K negatives (shortfall) and their missing slots; negatives
+# dropped because they tokenize like the positive or another negative (merged).
+CMRM_STAT_KEYS = ("mentions", "no_positive", "no_negative", "shortfall", "missing_slots", "merged")
+
+
+@dataclass
+class RowPlan:
+    """One row after masking, before padding (all arrays are positions inside the row's body)."""
+
+    ids: np.ndarray  # [T'] token ids with markers inserted, truncated, without [CLS]/[SEP]
+    target_pos: np.ndarray  # [M] positions of prediction targets in `ids`
+    target_src: np.ndarray  # [M] SRC_* per target
+    mentions: list[tuple[int, int, int]]  # (start, end, entity id) in `ids` coordinates
+
+
+def row_rng(seed: int, epoch: int, row: int) -> np.random.Generator:
+    """The generator of one row in one epoch; (seed, epoch, row) fixes every random choice."""
+    return np.random.default_rng([seed, epoch, row])
+
+
+def _stochastic_round(x: float, rng: np.random.Generator) -> int:
+    """floor(x) or ceil(x), unbiased: the DEP/SDP shares of a small budget stay 30% on average."""
+    base = int(np.floor(x))
+    return base + int(rng.random() < x - base)
+
+
+def _mark_codes(labels: list[str], table: dict[str, int]) -> np.ndarray:
+    return np.array([table.get(name, 0) for name in labels], dtype=np.int8)
+
+
+class PretrainCollator:
+    """Turns a list of `(epoch, row_index, row)` items into the batch of docs/contracts.md."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        manifest: dict[str, Any],
+        kg: KGStore | None,
+        masking: MaskingConfig,
+        cmrm: CMRMConfig,
+        max_length: int,
+        seed: int,
+        pad_to_multiple_of: int = 1,
+    ):
+        self.tok = tokenizer
+        self.masking = masking
+        self.cmrm = cmrm
+        self.kg = kg
+        self.seed = seed
+        self.max_length = max_length
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.mode = manifest["masking_mode"]
+        if self.mode not in ("arcs", "words"):
+            raise ValueError(f"unknown masking_mode {self.mode!r} in the manifest")
+        if cmrm.enabled and kg is None:
+            raise ValueError("CMRM needs the KG store")
+        self.cls_id = tokenizer.cls_token_id
+        self.sep_id = tokenizer.sep_token_id
+        self.pad_id = tokenizer.pad_token_id
+        self.mask_id = tokenizer.mask_token_id
+        self.dep_id = int(manifest["tokenizer"]["dep_token_id"])
+        self.sdp_id = int(manifest["tokenizer"]["sdp_token_id"])
+        # Random replacements come from the ordinary vocabulary (never [PAD]/[CLS]/markers ...).
+        special = set(tokenizer.all_special_ids) | {self.dep_id, self.sdp_id}
+        self.random_pool = np.array([i for i in range(len(tokenizer)) if i not in special], dtype=np.int64)
+        prefixes = tuple(masking.content_pos_prefixes)
+        self.content_pos = np.array([tag.startswith(prefixes) for tag in manifest["pos_tags"]] + [False])
+        self.dep_marks = _mark_codes(manifest.get("dep_labels", []), DEP_MARKED)
+        self.sdp_marks = _mark_codes(manifest.get("sdp_labels", []), SDP_MARKED)
+
+    # ---- LMLM -------------------------------------------------------------------------------
+    def _select_arcs(self, rng, heads, labels, marks, word_len, masked, budget, source, src_code,
+                     wraps, marker_id) -> int:
+        """Mask both words of random unused arcs while `budget` tokens allow; returns tokens used.
+
+        heads/labels: [W] per dependent word (head -1 = root: only the dependent is masked).
+        """
+        used = 0
+        for w in rng.permutation(len(heads)):
+            h = int(heads[w])
+            words = [int(w)] if h < 0 else [int(w), h]
+            new = [x for x in words if not masked[x]]
+            cost = int(word_len[new].sum()) if new else 0
+            if used + cost > budget:  # an arc whose words are masked already costs 0 and still marks
+                continue
+            masked[new] = True
+            source[new] = src_code
+            used += cost
+            code = int(marks[labels[w]]) if self.masking.markers and labels[w] < len(marks) else 0
+            if code in (DEPENDENT, BOTH):
+                wraps.add((int(w), marker_id))
+            if code in (HEAD, BOTH) and h >= 0:
+                wraps.add((h, marker_id))
+        return used
+
+    @staticmethod
+    def _fill(order: np.ndarray, word_len: np.ndarray, masked: np.ndarray, budget: int,
+              source: np.ndarray, src_code: int) -> int:
+        """Take words of `order` (skipping masked ones and ones that do not fit) up to `budget`."""
+        order = order[~masked[order]]
+        if budget <= 0 or order.size == 0:
+            return 0
+        cum = np.cumsum(word_len[order])
+        take = order[cum <= budget]  # the prefix that fits, vectorised
+        used = int(word_len[take].sum())
+        rest = order[cum > budget]
+        if used < budget and rest.size:  # then shorter words that still fit
+            for w in rest:
+                if used + word_len[w] <= budget:
+                    take = np.append(take, w)
+                    used += int(word_len[w])
+                    if used == budget:
+                        break
+        masked[take] = True
+        source[take] = src_code
+        return used
+
+    def _plan_row(self, row: dict[str, Any], rng: np.random.Generator) -> RowPlan:
+        ids = np.asarray(row["input_ids"], dtype=np.int64)
+        word_ids = np.asarray(row["word_ids"], dtype=np.int64)
+        n_tok = ids.size
+        n_words = int(word_ids[-1]) + 1 if n_tok else 0
+        word_len = np.bincount(word_ids, minlength=n_words)
+        word_start = np.concatenate([[0], np.cumsum(word_len)[:-1]])
+        masked = np.zeros(n_words, dtype=bool)
+        source = np.zeros(n_words, dtype=np.int8)
+        wraps: set[tuple[int, int]] = set()  # (word, marker id): word gets marker before and after
+        budget = max(1, int(round(self.masking.rate * n_tok))) if n_tok else 0
+
+        ent_start = np.asarray(row["ent_start"], dtype=np.int64)
+        ent_end = np.asarray(row["ent_end"], dtype=np.int64)
+        used = 0
+        if self.mode == "arcs":
+            dep_head = np.asarray(row["dep_head"], dtype=np.int64)
+            sdp_head = np.asarray(row["sdp_head"], dtype=np.int64)
+            if dep_head.size:
+                used += self._select_arcs(rng, dep_head, np.asarray(row["dep_label"], dtype=np.int64),
+                                          self.dep_marks, word_len, masked,
+                                          _stochastic_round(budget * self.masking.dep_share, rng), source, SRC_DEP,
+                                          wraps, self.dep_id)
+            if sdp_head.size:
+                used += self._select_arcs(rng, sdp_head, np.asarray(row["sdp_label"], dtype=np.int64),
+                                          self.sdp_marks, word_len, masked,
+                                          _stochastic_round(budget * self.masking.sdp_share, rng), source, SRC_SDP,
+                                          wraps, self.sdp_id)
+        else:
+            # Entity-mention words and content words (by POS) first, in random order.
+            priority = self.content_pos[np.asarray(row["word_pos"], dtype=np.int64)]
+            for s, e in zip(ent_start, ent_end, strict=True):
+                priority[word_ids[s:e]] = True
+            cand = np.flatnonzero(priority)
+            used += self._fill(rng.permutation(cand), word_len, masked, budget, source, SRC_PRIORITY)
+        used += self._fill(rng.permutation(n_words), word_len, masked, budget - used, source, SRC_RANDOM)
+
+        # Marker insertion. Each wrap is one word; several wraps of one word nest ([sdp] outside).
+        # Sort key per insert: (token position, closers before openers, nesting order).
+        ins_pos, ins_key, ins_id = [], [], []
+        for w, mid in sorted(wraps):
+            level = 1 if mid == self.sdp_id else 0
+            s = int(word_start[w])
+            e = s + int(word_len[w])
+            ins_pos += [s, e]
+            ins_key += [(s, 1, -level), (e, 0, level)]
+            ins_id += [mid, mid]
+        tok_src = source[word_ids]  # [T] source of each original token (0 = not a target)
+        if ins_pos:
+            order = sorted(range(len(ins_pos)), key=lambda i: ins_key[i])
+            pos_sorted = np.array([ins_pos[i] for i in order], dtype=np.int64)
+            new_ids = np.insert(ids, pos_sorted, [ins_id[i] for i in order])
+            # new index of original token t = t + number of inserts placed before it
+            shift = np.searchsorted(pos_sorted, np.arange(n_tok), side="right")
+            new_tok = np.arange(n_tok) + shift
+            marker_pos = np.setdiff1d(np.arange(new_ids.size), new_tok, assume_unique=True)
+            # a word's unit starts at its first opening marker: new index of its first token minus
+            # the openers at that position (closers of the previous word sit before them)
+            openers = np.bincount([ins_pos[i] for i in order if ins_key[i][1] == 1], minlength=n_tok + 1)
+            unit_start = new_tok[word_start] - openers[word_start]
+        else:
+            new_ids, new_tok = ids, np.arange(n_tok)
+            marker_pos = np.zeros(0, dtype=np.int64)
+            unit_start = word_start
+
+        # Truncate at a word boundary: never inside a word, never between a marker pair.
+        cap = self.max_length - 2
+        cut = new_ids.size
+        if cut > cap:
+            ok = unit_start[unit_start <= cap]
+            cut = int(ok.max()) if ok.size else cap
+        tgt_tok = np.flatnonzero(tok_src)
+        tpos = np.concatenate([new_tok[tgt_tok], marker_pos])
+        tsrc = np.concatenate([tok_src[tgt_tok], np.full(marker_pos.size, SRC_MARKER, dtype=np.int8)])
+        keep = tpos < cut
+        order = np.argsort(tpos[keep], kind="stable")
+        mentions = []
+        for s, e, ent in zip(ent_start, ent_end, row["ent_id"], strict=True):
+            ns, ne = int(new_tok[s]), int(new_tok[e - 1]) + 1
+            if ne <= cut:
+                mentions.append((ns, ne, int(ent)))
+        return RowPlan(new_ids[:cut], tpos[keep][order], tsrc[keep][order], mentions)
+
+    def _corrupt(self, ids: np.ndarray, pos: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """80/10/10: [MASK], a random ordinary token, or unchanged (in place on a copy)."""
+        out = ids.copy()
+        u = rng.random(pos.size)
+        to_mask = u < self.masking.mask_prob
+        to_rand = (u >= self.masking.mask_prob) & (u < self.masking.mask_prob + self.masking.random_prob)
+        out[pos[to_mask]] = self.mask_id
+        out[pos[to_rand]] = rng.choice(self.random_pool, size=int(to_rand.sum()))
+        return out
+
+    # ---- CMRM -------------------------------------------------------------------------------
+    def _render(self, mention: str, rel: int | None, tail: int) -> str:
+        if rel is not None and self.cmrm.relation_in_text:
+            text = mention + self.kg.relation_name(rel) + self.kg.entity_name(tail)
+        else:
+            text = mention + self.kg.entity_name(tail)
+        return text[: self.cmrm.sample_chars]
+
+    def _samples(self, mentions, rng, texts: dict[str, int], stats: dict[str, int]):
+        """Per kept mention: [positive, K negatives] as indices into `texts` (-1 = missing)."""
+        k = self.cmrm.negatives
+        if len(mentions) > self.cmrm.mentions_per_sequence:
+            pick = np.sort(rng.choice(len(mentions), self.cmrm.mentions_per_sequence, replace=False))
+            mentions = [mentions[i] for i in pick]
+        kept, slots = [], []
+        for start, end, ent in mentions:
+            name = self.kg.entity_name(ent)
+            desc = self.kg.description(ent)
+            if desc:
+                pos_text = (name + desc)[: self.cmrm.sample_chars]
+            else:
+                fact = sample_positive(self.kg, ent, rng)
+                if fact is None:
+                    stats["no_positive"] += 1
+                    continue
+                pos_text = self._render(name, int(fact[0]), int(fact[1]))
+            negs = sample_negatives(self.kg, ent, k, rng, max_hop=self.cmrm.max_hop)
+            if len(negs) == 0:
+                stats["no_negative"] += 1
+                continue
+            if len(negs) < k:
+                stats["shortfall"] += 1  # the gap stays -1 and is excluded from the softmax
+                stats["missing_slots"] += k - len(negs)
+            row = [texts.setdefault(pos_text, len(texts))]
+            row += [texts.setdefault(self._render(name, None, int(t)), len(texts)) for t in negs]
+            slots.append(row + [-1] * (k - len(negs)))
+            kept.append((start, end))
+        return kept, slots
+
+    def _tokenize_samples(self, texts: list[str], slots: list[list[int]], stats: dict[str, int]):
+        """Tokenize the unique texts in one call, then merge texts that tokenize identically (e.g.
+        names differing only in [UNK] characters): a negative identical to its positive, or to an
+        earlier negative, is dropped and counted as a missing slot.
+
+        Returns sample_input_ids [S, Ls], sample_attention_mask [S, Ls], sample_index [N, 1+K]."""
+        enc = self.tok(texts, padding=True, truncation=True, max_length=self.cmrm.sample_chars + 2,
+                       return_tensors="np", return_token_type_ids=False)
+        ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+        _, first, remap = np.unique(ids, axis=0, return_index=True, return_inverse=True)
+        keep = np.sort(first)  # unique rows in first-seen order
+        new_of_kept = np.full(len(texts), -1, dtype=np.int64)
+        new_of_kept[keep] = np.arange(keep.size)
+        to_new = new_of_kept[first[remap.reshape(-1)]]  # old text index -> row of the merged tensors
+        k = self.cmrm.negatives
+        index = np.full((len(slots), 1 + k), -1, dtype=np.int64)
+        for n, row in enumerate(slots):
+            out = [int(to_new[row[0]])]
+            for old in row[1:]:
+                if old >= 0 and int(to_new[old]) not in out:
+                    out.append(int(to_new[old]))
+            lost = len([o for o in row[1:] if o >= 0]) - (len(out) - 1)
+            if lost:
+                stats["merged"] += lost
+                stats["missing_slots"] += lost
+                if len([o for o in row[1:] if o >= 0]) == k:
+                    stats["shortfall"] += 1
+            index[n, : len(out)] = out
+        return ids[keep], mask[keep], torch.from_numpy(index)
+
+    # ---- batch ------------------------------------------------------------------------------
+    def __call__(self, items: list[tuple[int, int, dict[str, Any]]]) -> dict[str, torch.Tensor]:
+        plans, corrupted = [], []
+        texts: dict[str, int] = {}
+        stats = dict.fromkeys(CMRM_STAT_KEYS, 0)
+        m_row, m_start, m_end, m_slots = [], [], [], []
+        for b, (epoch, index, row) in enumerate(items):
+            rng = row_rng(self.seed, epoch, index)
+            plan = self._plan_row(row, rng)
+            plans.append(plan)
+            corrupted.append(self._corrupt(plan.ids, plan.target_pos, rng))
+            if self.cmrm.enabled and plan.mentions:
+                kept, slots = self._samples(plan.mentions, rng, texts, stats)
+                stats["mentions"] += len(kept)
+                m_row += [b] * len(kept)
+                m_start += [s + 1 for s, _ in kept]  # +1: [CLS]
+                m_end += [e + 1 for _, e in kept]
+                m_slots += slots
+
+        bsz = len(items)
+        length = max(p.ids.size for p in plans) + 2
+        mult = self.pad_to_multiple_of
+        length = min(-(-length // mult) * mult, max(self.max_length, length))
+        input_ids = np.full((bsz, length), self.pad_id, dtype=np.int64)
+        attention = np.zeros((bsz, length), dtype=np.int64)
+        flat_pos, labels, sources = [], [], []
+        for b, (plan, ids) in enumerate(zip(plans, corrupted, strict=True)):
+            n = ids.size
+            input_ids[b, 0] = self.cls_id
+            input_ids[b, 1 : n + 1] = ids
+            input_ids[b, n + 1] = self.sep_id
+            attention[b, : n + 2] = 1
+            flat_pos.append(b * length + 1 + plan.target_pos)
+            labels.append(plan.ids[plan.target_pos])
+            sources.append(plan.target_src)
+
+        batch = {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(attention),
+            "mlm_positions": torch.from_numpy(np.concatenate(flat_pos).astype(np.int64)),
+            "mlm_labels": torch.from_numpy(np.concatenate(labels).astype(np.int64)),
+            "mlm_sources": torch.from_numpy(np.concatenate(sources).astype(np.int64)),
+        }
+        k = self.cmrm.negatives
+        batch["mention_index"] = torch.tensor(m_row, dtype=torch.long)
+        batch["mention_start"] = torch.tensor(m_start, dtype=torch.long)
+        batch["mention_end"] = torch.tensor(m_end, dtype=torch.long)
+        batch["sample_index"] = torch.zeros((0, 1 + k), dtype=torch.long)
+        if texts:
+            sample_ids, sample_mask, batch["sample_index"] = self._tokenize_samples(list(texts), m_slots, stats)
+            batch["sample_input_ids"] = torch.from_numpy(sample_ids)
+            batch["sample_attention_mask"] = torch.from_numpy(sample_mask)
+        else:
+            batch["sample_input_ids"] = torch.zeros((0, 2), dtype=torch.long)
+            batch["sample_attention_mask"] = torch.zeros((0, 2), dtype=torch.long)
+        batch["cmrm_stats"] = torch.tensor([stats[key] for key in CMRM_STAT_KEYS], dtype=torch.long)
+        return batch

@@ -1,0 +1,446 @@
+"""`ckbert pretrain`: LMLM + CMRM pretraining from a YAML recipe (method.md; design.md, section 4).
+
+    ckbert pretrain --config configs/pretrain/demo.yaml [--out DIR] [--resume] [key.sub=value ...]
+
+Reading order: `PretrainForward` (one forward: both objectives' terms), `train_step` (the total
+loss, backward, clipping, the non-finite guard, the optimizer step), `evaluate`, then `run` (data,
+model, loop, logging, checkpoints). Precision (autocast, gradient scaler) is applied here from
+outside the model; process groups and DDP/FSDP2 wrapping belong to `ckbert.parallel` (issue 5),
+which `wrap_for_world` calls when more than one process runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ckbert import checkpoint as ckpt_io
+from ckbert.collator import CMRM_STAT_KEYS, PretrainCollator
+from ckbert.config import to_dict
+from ckbert.errors import UserError
+from ckbert.model import CKBertForPreTraining
+from ckbert.model_config import ModelConfig, load_model_config, model_config_from_dict, resolve_vocab_size
+from ckbert.objectives import cmrm_loss, masked_mean_pool, mention_anchors, mlm_loss
+from ckbert.optim import build_optimizer, build_scheduler
+from ckbert.train_config import PretrainConfig, load_pretrain_config
+from ckbert.world import World
+
+
+class PretrainForward(nn.Module):
+    """One call computes both objectives' terms, so DDP/FSDP2 can wrap a single forward.
+
+    The model stays plain (encode / mlm_hidden); the weights of the terms are applied by
+    `train_step`, not here.
+    """
+
+    def __init__(self, model: CKBertForPreTraining, cmrm_enabled: bool, temperature: float,
+                 in_batch_negatives: bool = False):
+        super().__init__()
+        self.model = model
+        self.cmrm_enabled = cmrm_enabled
+        self.temperature = temperature
+        self.in_batch_negatives = in_batch_negatives
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        model = self.model
+        hidden = model.encode(batch["input_ids"], batch["attention_mask"])  # [B, L, H]
+        rows = model.mlm_hidden(hidden, batch["mlm_positions"])  # [M, H]: the head runs on targets only
+        terms = {"mlm": mlm_loss(rows, model.decoder_weight, model.decoder_bias, batch["mlm_labels"])}
+        if not self.cmrm_enabled or batch["sample_index"].shape[0] == 0:
+            terms["cmrm"] = hidden.sum() * 0.0
+            return terms
+        # CMRM (method.md, sec. 2): anchors from the MLM pass, samples from a second pass.
+        anchor = mention_anchors(hidden, batch["mention_index"], batch["mention_start"],
+                                 batch["mention_end"])  # [N, H]
+        sample_hidden = model.encode(batch["sample_input_ids"], batch["sample_attention_mask"])  # [S, Ls, H]
+        sample_emb = masked_mean_pool(sample_hidden, batch["sample_attention_mask"])  # [S, H]
+        terms["cmrm"] = cmrm_loss(anchor, sample_emb, batch["sample_index"], self.temperature,
+                                  self.in_batch_negatives)
+        return terms
+
+
+@dataclass
+class StepContext:
+    """What a training step needs besides the batch (built once in `run`)."""
+
+    forward: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    autocast: Any  # a callable returning the autocast context (or a null context for fp32)
+    cmrm_weight: float
+    clip_norm: float
+    params: list[torch.nn.Parameter] = field(default_factory=list)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def train_step(ctx: StepContext, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """One optimizer step over `micro_batches` (gradient accumulation). Returns the logged values;
+    `skipped` is 1.0 when the loss or the gradient norm was not finite and no update was made."""
+    ctx.optimizer.zero_grad(set_to_none=True)
+    n = len(micro_batches)
+    sums = {"loss": 0.0, "mlm": 0.0, "cmrm": 0.0}
+    for batch in micro_batches:
+        with ctx.autocast():
+            terms = ctx.forward(batch)
+            loss = terms["mlm"] + ctx.cmrm_weight * terms["cmrm"]  # the total: L_mlm + lambda * L_cmrm
+        ctx.scaler.scale(loss / n).backward()
+        sums["loss"] += loss.item() / n
+        sums["mlm"] += terms["mlm"].item() / n
+        sums["cmrm"] += terms["cmrm"].item() / n
+    ctx.scaler.unscale_(ctx.optimizer)
+    max_norm = ctx.clip_norm if ctx.clip_norm > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(ctx.params, max_norm))
+    finite = math.isfinite(sums["loss"]) and math.isfinite(grad_norm)
+    lr = ctx.optimizer.param_groups[0]["lr"]
+    if finite:
+        ctx.scaler.step(ctx.optimizer)
+        ctx.scaler.update()
+        ctx.scheduler.step()
+    else:  # the non-finite guard: drop this update entirely; the caller counts it
+        ctx.optimizer.zero_grad(set_to_none=True)
+        if ctx.scaler.is_enabled():
+            ctx.scaler.update(ctx.scaler.get_scale() / 2)
+    return {**sums, "grad_norm": grad_norm, "lr": lr, "skipped": 0.0 if finite else 1.0}
+
+
+@torch.no_grad()
+def evaluate(forward: PretrainForward, batches: list[dict[str, torch.Tensor]], autocast) -> dict[str, float]:
+    """MLM (and CMRM) loss on the held-out rows, weighted by targets (mentions) per batch."""
+    was_training = forward.training
+    forward.eval()
+    mlm_sum = cmrm_sum = 0.0
+    n_tgt = n_men = 0
+    for batch in batches:
+        with autocast():
+            terms = forward(batch)
+        m = batch["mlm_labels"].numel()
+        k = batch["sample_index"].shape[0]
+        mlm_sum += terms["mlm"].item() * m
+        cmrm_sum += terms["cmrm"].item() * k
+        n_tgt += m
+        n_men += k
+    forward.train(was_training)
+    return {"eval_mlm": mlm_sum / max(n_tgt, 1), "eval_cmrm": cmrm_sum / max(n_men, 1)}
+
+
+# ---- data --------------------------------------------------------------------------------------
+class KeyedRows(torch.utils.data.Dataset):
+    """Rows of the prepared dataset addressed by (epoch, row index) keys, so that the collator can
+    seed each row's masks from (seed, epoch, row) in any worker process."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[tuple[int, int, dict]]:
+        cols = self.dataset[[int(r) for _, r in keys]]  # one Arrow read for the batch
+        names = list(cols)
+        return [(e, r, {n: cols[n][i] for n in names}) for i, (e, r) in enumerate(keys)]
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[int, int, dict]:
+        return self.__getitems__([key])[0]
+
+
+def epoch_batches(n_rows: int, batch_size: int, seed: int, epoch: int, world: World) -> list[list[tuple[int, int]]]:
+    """This rank's micro-batches of one epoch: a permutation fixed by (seed, epoch), split by rank
+    (rank r takes every world.size-th row), cut to whole batches so every rank steps equally."""
+    perm = np.random.default_rng([seed, epoch, 0x5EED]).permutation(n_rows)
+    per_rank = n_rows // world.size
+    mine = perm[world.rank :: world.size][:per_rank]
+    n_batches = per_rank // batch_size
+    return [[(epoch, int(r)) for r in mine[i * batch_size : (i + 1) * batch_size]] for i in range(n_batches)]
+
+
+def wrap_for_world(module: nn.Module, world: World, cfg: PretrainConfig) -> nn.Module:
+    """The one place where parallelism is applied; a single process trains the module as is."""
+    if world.size == 1:
+        return module
+    if importlib.util.find_spec("ckbert.parallel") is None:
+        raise UserError(f"WORLD_SIZE={world.size} but this install has no ckbert.parallel (multi-process training)")
+    from ckbert import parallel
+
+    return parallel.parallelize(module, world, cfg)
+
+
+def pick_device(requested: str, world: World) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device is cuda but no CUDA device is available")
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", world.local_rank)
+    return torch.device("cpu")
+
+
+def autocast_factory(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError("train.precision fp16 needs a CUDA device (use bf16 on CPU)")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def build_model(cfg: PretrainConfig, tokenizer, resume_state: dict | None) -> tuple[CKBertForPreTraining, ModelConfig]:
+    """From the trainer state when resuming, else from cfg.model (+ init_from)."""
+    if resume_state is not None:
+        mcfg = model_config_from_dict(resume_state["model_config"], source="trainer_state.json")
+        return CKBertForPreTraining(mcfg), mcfg
+    if cfg.init_from:
+        from ckbert.hf_io import load_hf_pretraining_model  # model helper's HF import
+
+        model = load_hf_pretraining_model(cfg.init_from, tokenizer)
+        return model, model.config
+    mcfg = resolve_vocab_size(load_model_config(cfg.model), len(tokenizer))
+    return CKBertForPreTraining(mcfg), mcfg
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class MetricsLog:
+    """metrics.jsonl (one JSON object per line), TensorBoard when installed, rank 0 only."""
+
+    def __init__(self, out: Path, enabled: bool, resume: bool):
+        self.enabled = enabled
+        self.tb = None
+        if not enabled:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        self.file = open(out / "metrics.jsonl", "a" if resume else "w", encoding="utf-8")  # noqa: SIM115
+        if importlib.util.find_spec("tensorboard") is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def say(world: World, message: str) -> None:
+    if world.is_main:
+        print(message, file=sys.stderr, flush=True)
+
+
+# ---- the run -----------------------------------------------------------------------------------
+def run(cfg: PretrainConfig, resume: bool = False, world: World | None = None) -> dict[str, Any]:
+    """Train as `cfg` says; returns a summary (steps, last losses, eval losses, paths)."""
+    from ckbert.data_prep.dataset import open_prepared
+
+    world = world or World.from_env()
+    out = Path(cfg.out)
+    resume_from = ckpt_io.latest_checkpoint(out) if resume else None
+    if resume and resume_from is None:
+        raise UserError("--resume: no checkpoint found", path=out / "checkpoints")
+    if not resume and (out / "checkpoints" / "latest").exists():
+        raise UserError("output folder already holds checkpoints: pass --resume or choose another --out", path=out)
+    state = ckpt_io.load_trainer_state(resume_from) if resume_from else None
+
+    manifest, dataset, kg, tokenizer = open_prepared(cfg.data.prepared)
+    if state is not None and state["tokenizer_fingerprint"] != manifest["tokenizer"]["fingerprint"]:
+        raise UserError("the prepared dataset's tokenizer differs from the one this checkpoint was trained with",
+                        path=cfg.data.prepared)
+    n_eval = min(cfg.data.eval_rows, len(dataset) // 10)
+    n_train = len(dataset) - n_eval
+    if n_train // world.size < cfg.train.batch_size:
+        raise UserError(f"{n_train} training rows are fewer than one batch of {cfg.train.batch_size} per rank",
+                        path=cfg.data.prepared)
+    max_length = cfg.data.max_length or int(manifest["seq_len"]) + 2
+    collator = PretrainCollator(tokenizer, manifest, kg if cfg.cmrm.enabled else None, cfg.masking, cfg.cmrm,
+                                max_length, cfg.seed, cfg.data.pad_to_multiple_of)
+    say(world, f"[pretrain] {len(dataset)} rows ({n_train} train, {n_eval} held out), masking mode "
+               f"{manifest['masking_mode']}, CMRM {'on' if cfg.cmrm.enabled else 'off'}")
+
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model, mcfg = build_model(cfg, tokenizer, state)
+    if mcfg.vocab_size < len(tokenizer):
+        raise UserError(f"model vocab_size {mcfg.vocab_size} < tokenizer size {len(tokenizer)}")
+    device = pick_device(cfg.train.device, world)
+    model.to(device)
+    forward = wrap_for_world(
+        PretrainForward(model, cfg.cmrm.enabled, cfg.cmrm.temperature, cfg.cmrm.in_batch_negatives), world, cfg)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim.warmup_ratio, cfg.train.max_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
+    autocast = autocast_factory(cfg.train.precision, device)
+    ctx = StepContext(forward, optimizer, scheduler, scaler, autocast, cfg.cmrm.weight, cfg.optim.clip_norm,
+                      [p for p in model.parameters() if p.requires_grad])
+    say(world, f"[pretrain] model {mcfg.num_hidden_layers}x{mcfg.hidden_size} ({mcfg.layout}), "
+               f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}, "
+               f"precision {cfg.train.precision}, kernels {model.backend}, optimizer {cfg.optim.name}")
+
+    step, epoch, pos = 0, 0, 0
+    if resume_from is not None:
+        model.load_state_dict(ckpt_io.load_model_state(resume_from))
+        optimizer.load_state_dict(ckpt_io.load_torch_file(resume_from, "optimizer.pt"))
+        scheduler.load_state_dict(ckpt_io.load_torch_file(resume_from, "scheduler.pt"))
+        set_rng_state(ckpt_io.load_torch_file(resume_from, "rng.pt"))
+        step, epoch, pos = state["step"], state["epoch"], state["batch_in_epoch"]
+        say(world, f"[pretrain] resumed from {resume_from} at step {step} (epoch {epoch}, batch {pos})")
+    elif world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        tokenizer.save_pretrained(str(out / "tokenizer"))  # export reads it from here
+
+    eval_keys = [(0, r) for r in range(n_train, len(dataset))]
+    eval_rows = KeyedRows(dataset)
+    eval_batches = [to_device(collator(eval_rows.__getitems__(eval_keys[i : i + cfg.train.batch_size])), device)
+                    for i in range(0, len(eval_keys), cfg.train.batch_size)]
+    log = MetricsLog(out, world.is_main, resume)
+
+    def save(reason: str) -> None:
+        if not world.is_main:
+            return
+        trainer_state = {
+            "step": step, "epoch": epoch, "batch_in_epoch": pos, "reason": reason,
+            "config": to_dict(cfg), "model_config": to_dict(mcfg),
+            "tokenizer_fingerprint": manifest["tokenizer"]["fingerprint"],
+            "kg_fingerprint": manifest["kg"]["fingerprint"], "masking_mode": manifest["masking_mode"],
+            "tokenizer_dir": "../../tokenizer",
+        }
+        path = ckpt_io.save_checkpoint(out, step, ckpt_io.model_state_for_saving(model),
+                                       optimizer.state_dict(), scheduler.state_dict(), rng_state(),
+                                       trainer_state, keep=cfg.train.keep_checkpoints)
+        say(world, f"[pretrain] checkpoint {path}")
+
+    last_eval: dict[str, float] = {}
+    if step == 0 and eval_batches:
+        last_eval = evaluate(forward, eval_batches, autocast)
+        log.write({"step": 0, **last_eval})
+        say(world, f"[pretrain] step 0 eval MLM loss {last_eval['eval_mlm']:.4f}")
+
+    bar = None
+    if world.is_main and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.train.max_steps, initial=step, desc="pretrain", dynamic_ncols=True)
+    t_start = time.perf_counter()
+    t_window, tokens_window = time.perf_counter(), 0
+    window: list[dict[str, float]] = []
+    cmrm_counts = np.zeros(len(CMRM_STAT_KEYS), dtype=np.int64)
+    bad_in_a_row = skipped_total = 0
+    loader_gen = torch.Generator().manual_seed(cfg.seed)  # keeps the DataLoader off the global RNG
+    micro: list[dict[str, torch.Tensor]] = []
+    last: dict[str, float] = {}
+    stop = step >= cfg.train.max_steps
+    forward.train()
+    while not stop:
+        batches = epoch_batches(n_train, cfg.train.batch_size, cfg.seed, epoch, world)
+        loader = torch.utils.data.DataLoader(KeyedRows(dataset), batch_sampler=batches[pos:], collate_fn=collator,
+                                             num_workers=cfg.data.num_workers, generator=loader_gen,
+                                             pin_memory=device.type == "cuda")
+        for batch in loader:
+            pos += 1
+            tokens_window += int(batch["attention_mask"].sum())
+            cmrm_counts += batch.pop("cmrm_stats").numpy()
+            batch.pop("mlm_sources")
+            micro.append(to_device(batch, device))
+            if len(micro) < cfg.train.grad_accum:
+                continue
+            metrics = train_step(ctx, micro)
+            micro = []
+            if metrics["skipped"]:
+                bad_in_a_row += 1
+                skipped_total += 1
+                say(world, f"[pretrain] step {step + 1}: non-finite loss or gradient, update skipped "
+                           f"({bad_in_a_row} in a row)")
+                if bad_in_a_row >= cfg.train.max_bad_steps:
+                    log.close()
+                    raise RuntimeError(f"{bad_in_a_row} non-finite steps in a row at step {step + 1}; "
+                                       "lower optim.lr or use bf16/fp32")
+                continue
+            bad_in_a_row = 0
+            step += 1
+            last = metrics
+            window.append(metrics)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", mlm=f"{metrics['mlm']:.3f}")
+            if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+                elapsed = time.perf_counter() - t_window
+                record = {"step": step, "epoch": epoch}
+                for key in ("loss", "mlm", "cmrm", "grad_norm"):
+                    record[key] = sum(m[key] for m in window) / len(window)
+                record["lr"] = metrics["lr"]
+                record["tokens_per_s"] = tokens_window / max(elapsed, 1e-9)
+                record.update({f"cmrm_{k}": int(v) for k, v in zip(CMRM_STAT_KEYS, cmrm_counts, strict=False)})
+                record["skipped_steps"] = skipped_total
+                record["elapsed_s"] = time.perf_counter() - t_start
+                log.write(record)
+                if bar is None:
+                    say(world, f"[pretrain] step {step}/{cfg.train.max_steps} loss {record['loss']:.4f} "
+                               f"(mlm {record['mlm']:.4f}, cmrm {record['cmrm']:.4f}) lr {record['lr']:.2e} "
+                               f"{record['tokens_per_s']:.0f} tok/s")
+                window, tokens_window, t_window = [], 0, time.perf_counter()
+                cmrm_counts[:] = 0
+            out_of_time = cfg.train.max_minutes > 0 and time.perf_counter() - t_start > 60 * cfg.train.max_minutes
+            stop = step >= cfg.train.max_steps or out_of_time
+            if eval_batches and ((cfg.train.eval_every and step % cfg.train.eval_every == 0) or stop):
+                last_eval = evaluate(forward, eval_batches, autocast)
+                log.write({"step": step, **last_eval})
+                say(world, f"[pretrain] step {step} eval MLM loss {last_eval['eval_mlm']:.4f}")
+            if (cfg.train.save_every and step % cfg.train.save_every == 0) or stop:
+                save("time limit" if out_of_time and step < cfg.train.max_steps else "scheduled")
+            if stop:
+                if out_of_time and step < cfg.train.max_steps:
+                    say(world, f"[pretrain] stopping at step {step}: train.max_minutes reached")
+                break
+        else:
+            epoch, pos = epoch + 1, 0
+    if bar is not None:
+        bar.close()
+    log.close()
+    return {"step": step, "last": last, "eval": last_eval, "out": str(out), "skipped_steps": skipped_total}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="ckbert pretrain", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="pretraining recipe (YAML), e.g. configs/pretrain/demo.yaml")
+    parser.add_argument("--out", help="output folder (overrides `out` in the config)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.max_steps=50")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
+    cfg = load_pretrain_config(args.config, overrides)
+    summary = run(cfg, resume=args.resume)
+    if World.from_env().is_main:
+        print(json.dumps({k: summary[k] for k in ("step", "eval", "out", "skipped_steps")}))
+    return 0

@@ -1,0 +1,73 @@
+"""Each objective on tensors small enough to check by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ckbert.objectives import cmrm_loss, masked_mean_pool, mention_anchors, mlm_loss
+
+
+def test_mlm_loss_by_hand():
+    # identity decoder: logits = rows + bias
+    rows = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    w, b = torch.eye(3), torch.zeros(3)
+    labels = torch.tensor([0, 2])
+    want = (-(2 - math.log(math.exp(2) + 2)) + math.log(3)) / 2
+    assert mlm_loss(rows, w, b, labels).item() == pytest.approx(want, rel=1e-6)
+    empty = mlm_loss(torch.zeros(0, 3, requires_grad=True), w, b, torch.zeros(0, dtype=torch.long))
+    assert empty.item() == 0.0 and empty.requires_grad
+
+
+def test_mention_anchor_is_mean_of_span():
+    hidden = torch.arange(2 * 4 * 2, dtype=torch.float32).view(2, 4, 2)  # [B=2, L=4, H=2]
+    anchors = mention_anchors(hidden, torch.tensor([0, 1, 1]), torch.tensor([1, 0, 3]), torch.tensor([3, 2, 4]))
+    want = torch.stack([hidden[0, 1:3].mean(0), hidden[1, 0:2].mean(0), hidden[1, 3]])
+    assert torch.allclose(anchors, want)
+
+
+def test_masked_mean_pool_ignores_padding():
+    h = torch.tensor([[[1.0, 1.0], [3.0, 5.0], [100.0, 100.0]]])
+    assert torch.allclose(masked_mean_pool(h, torch.tensor([[1, 1, 0]])), torch.tensor([[2.0, 3.0]]))
+
+
+def test_cmrm_loss_by_hand():
+    # anchor along x; positive along x (cos 1), negative along y (cos 0), another at 45 degrees
+    anchor = torch.tensor([[2.0, 0.0]])
+    samples = torch.tensor([[1.0, 1.0], [3.0, 0.0], [0.0, 5.0]])  # rows 0, 1, 2
+    index = torch.tensor([[1, 2, 0]])  # positive = row 1, negatives rows 2 and 0
+    t = 0.5
+    c = [1.0, 0.0, 1 / math.sqrt(2)]
+    want = -c[0] / t + math.log(sum(math.exp(x / t) for x in c))
+    assert cmrm_loss(anchor, samples, index, t).item() == pytest.approx(want, rel=1e-6)
+    # a missing slot (-1) is excluded: same as leaving that negative out
+    short = cmrm_loss(anchor, samples, torch.tensor([[1, 2, -1]]), t).item()
+    want_short = -c[0] / t + math.log(math.exp(c[0] / t) + math.exp(c[1] / t))
+    assert short == pytest.approx(want_short, rel=1e-6)
+
+
+def test_cmrm_mean_over_mentions_and_gradients():
+    anchor = torch.randn(3, 4, requires_grad=True)
+    samples = torch.randn(5, 4, requires_grad=True)
+    index = torch.tensor([[0, 1, 2], [3, 4, -1], [1, 0, 4]])
+    total = cmrm_loss(anchor, samples, index, 0.5)
+    each = [cmrm_loss(anchor[i : i + 1], samples, index[i : i + 1], 0.5) for i in range(3)]
+    assert total.item() == pytest.approx(sum(e.item() for e in each) / 3, rel=1e-5)
+    total.backward()
+    assert anchor.grad.abs().sum() > 0 and samples.grad.abs().sum() > 0
+    # in-batch negatives: every sample row competes; target = own positive
+    ib = cmrm_loss(anchor, samples, index, 0.5, in_batch_negatives=True)
+    a = torch.nn.functional.normalize(anchor, dim=-1)
+    s = torch.nn.functional.normalize(samples, dim=-1)
+    want = torch.nn.functional.cross_entropy(a @ s.T / 0.5, index[:, 0])
+    assert ib.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_cmrm_no_mentions_is_zero_with_graph():
+    anchor = torch.zeros(0, 4, requires_grad=True)
+    samples = torch.zeros(0, 4, requires_grad=True)
+    out = cmrm_loss(anchor, samples, torch.zeros(0, 5, dtype=torch.long), 0.5)
+    assert out.item() == 0.0
+    out.backward()
