@@ -37,8 +37,9 @@ _ENCODER: WordEncoder | None = None  # per process: its word cache warms up over
 
 
 def set_context(ctx: Context) -> None:
-    global _CTX
+    global _CTX, _ENCODER
     _CTX = ctx
+    _ENCODER = None  # its word cache belongs to the previous context's tokenizer
 
 
 def _ids(values: list[str], index: dict[str, int], unknown: str, tally: Tally, where: str, reason: str) -> list[int]:

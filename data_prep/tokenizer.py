@@ -54,7 +54,10 @@ def build_vocab(texts: Iterable[str], out_dir: Path, vocab_size: int = 21128, mi
         limit_alphabet=20000, show_progress=False,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    wp.save_model(str(out_dir))
+    # The trainer's id order among equally frequent tokens varies between runs; write the vocabulary
+    # in a fixed order (special tokens, then sorted) so that the same corpus gives the same ids.
+    learned = sorted(set(wp.get_vocab()) - set(BERT_SPECIALS))
+    (out_dir / "vocab.txt").write_text("\n".join(BERT_SPECIALS + learned) + "\n", encoding="utf-8")
     tok = BertTokenizerFast.from_pretrained(str(out_dir), do_lower_case=True, tokenize_chinese_chars=True)
     add_markers(tok)
     tok.save_pretrained(str(out_dir))
