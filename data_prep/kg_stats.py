@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from ckbert.data_prep.kg_store import KGStore, build_store, iter_triples
+from ckbert.data_prep.kg_store import KGStore, build_store_from_file
 from ckbert.data_prep.readers import Tally, check_input_file
 
 
@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
         check_input_file(args.kg)
         with tempfile.TemporaryDirectory() as tmp:
             tally = Tally()
-            store = build_store(iter_triples(args.kg, args.kg_format, tally), Path(tmp) / "kg", source=str(args.kg), tally=tally)
+            store = build_store_from_file(args.kg, args.kg_format, Path(tmp) / "kg", tally=tally)
             stats = summarise(store)
             del store
     if args.json:

@@ -9,9 +9,10 @@ rank maps the same pages and nothing is unpickled):
     indptr int64 [E+1], rel int32 [T], tail int32 [T]    CSR adjacency over heads (out-edges)
     desc_offsets, desc_bytes                             one description per entity ("" = none)
 
-`build_store` ingests triples (TSV `head<TAB>relation<TAB>tail`, or CSV with a header such as
-OwnThink's `实体,属性,值`), counts and drops bad rows (wrong column count, empty name, self-loop,
-duplicate) and writes the folder atomically (temp name + rename).
+`build_store_from_file` ingests triples (TSV `head<TAB>relation<TAB>tail`, or CSV with a header such
+as OwnThink's `实体,属性,值`) with Arrow's CSV reader, counts and drops bad rows (wrong column count,
+empty name, self-loop, duplicate) and writes the folder atomically (temp name + rename);
+`iter_triples` + `build_store` is the line-by-line Python path with the same result.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ import hashlib
 import json
 import os
 import shutil
-from array import array
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-from ckbert.data_prep.readers import Tally, read_lines
+from ckbert.data_prep.readers import Tally, check_input_file, read_lines
 
 from ckbert.errors import UserError
 
@@ -81,62 +81,146 @@ def build_store(
     tally: Tally,
     desc_relation: str | None = None,
 ) -> KGStore:
-    """Build the store folder `out_dir` from triples; triples of `desc_relation` become descriptions."""
-    ent: dict[str, int] = {}
-    relmap: dict[str, int] = {}
-    heads, rels, tails = array("i"), array("i"), array("i")
-    descs: dict[int, str] = {}
+    """Build the store folder `out_dir` from (head, relation, tail) tuples (already validated, e.g. by
+    `iter_triples`); triples of `desc_relation` become descriptions."""
+    import pyarrow as pa
+
+    heads, rels, tails = [], [], []
     for h, r, t in triples:
-        hi = ent.get(h)
-        if hi is None:
-            hi = ent[h] = len(ent)
-        if r == desc_relation:
-            descs.setdefault(hi, t)
-            continue
-        ti = ent.get(t)
-        if ti is None:
-            ti = ent[t] = len(ent)
-        ri = relmap.get(r)
-        if ri is None:
-            ri = relmap[r] = len(relmap)
-        heads.append(hi)
-        rels.append(ri)
-        tails.append(ti)
+        heads.append(h)
+        rels.append(r)
+        tails.append(t)
     if not heads:
         raise UserError("no valid triples (expected head<TAB>relation<TAB>tail lines, or CSV with a header)", path=source)
-    h = np.frombuffer(heads, dtype=np.int32)
-    r = np.frombuffer(rels, dtype=np.int32)
-    t = np.frombuffer(tails, dtype=np.int32)
-    del heads, rels, tails
-    order = np.lexsort((t, r, h))  # by head, then relation, then tail: CSR order and dedup in one sort
-    h, r, t = h[order], r[order], t[order]
+    col = lambda x: pa.array(x, type=pa.large_string())
+    return _build(col(heads), col(rels), col(tails), out_dir, source=source, tally=tally, desc_relation=desc_relation)
+
+
+def build_store_from_file(
+    path: Path, fmt: str | None, out_dir: Path, *, tally: Tally, desc_relation: str | None = None
+) -> KGStore:
+    """Fast path of `build_store(iter_triples(path, ...))` with the same result: Arrow's C++ CSV reader
+    parses the file and Arrow kernels do the name -> id mapping (10M triples in well under 3 minutes)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    path = Path(path)
+    check_input_file(path)
+    fmt = fmt or ("csv" if path.suffix.lower() == ".csv" else "tsv")
+    if fmt not in ("tsv", "csv"):
+        raise UserError(f"unknown KG format {fmt!r} (tsv or csv)")
+    skip = 0
+    if fmt == "csv":
+        first = next(read_lines(path), None)
+        if first is None or len(next(csv.reader([first[1]]))) != 3:
+            raise UserError("CSV KG needs a header with 3 columns (e.g. 实体,属性,值)", path=path, line=1)
+        skip = 1
+
+    def bad_row(row) -> str:
+        where = f"{path.name}:{row.number}" if row.number is not None else path.name  # 1-based file line
+        tally.skip("kg_bad_columns", where)
+        return "skip"
+
+    try:
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(column_names=["h", "r", "t"], skip_rows=skip, block_size=1 << 24,
+                                           use_threads=False),
+            parse_options=pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",",
+                                             quote_char=False if fmt == "tsv" else '"', invalid_row_handler=bad_row),
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.large_string() for c in "hrt"},
+                                                 strings_can_be_null=False, quoted_strings_can_be_null=False),
+        )
+    except pa.ArrowInvalid as exc:
+        for _ in read_lines(path):  # finds and reports the line with invalid UTF-8, if that is the cause
+            pass
+        raise UserError(f"cannot parse the KG file: {str(exc).splitlines()[0]}", path=path) from None
+    h, r, t = (pc.utf8_trim_whitespace(table[c].combine_chunks()) for c in "hrt")
+    del table
+    empty = pc.or_(pc.or_(pc.equal(pc.utf8_length(h), 0), pc.equal(pc.utf8_length(r), 0)), pc.equal(pc.utf8_length(t), 0))
+    loop = pc.and_(pc.equal(h, t), pc.invert(empty))
+    n_empty, n_loop = pc.sum(empty).as_py() or 0, pc.sum(loop).as_py() or 0
+    if n_empty:
+        tally.skip("kg_empty_name", path.name, n_empty)
+    if n_loop:
+        tally.skip("kg_self_loop", path.name, n_loop)
+    if n_empty or n_loop:
+        keep = pc.invert(pc.or_(empty, loop))
+        h, r, t = h.filter(keep), r.filter(keep), t.filter(keep)
+    if len(h) == 0:
+        raise UserError("no valid triples (expected head<TAB>relation<TAB>tail lines, or CSV with a header)", path=path)
+    return _build(h, r, t, out_dir, source=str(path), tally=tally, desc_relation=desc_relation)
+
+
+def _string_arrays(arr) -> tuple[np.ndarray, np.ndarray]:
+    """An Arrow large_string array -> (int64 offsets [n+1] starting at 0, uint8 bytes)."""
+    arr = arr.combine_chunks() if hasattr(arr, "combine_chunks") else arr
+    n = len(arr)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + n + 1]
+    data = arr.buffers()[2]
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
+    data = data[offsets[0] : offsets[-1]].copy()
+    return (offsets - offsets[0]).astype(np.int64), data
+
+
+def _build(h, r, t, out_dir: Path, *, source: str, tally: Tally, desc_relation: str | None) -> KGStore:
+    """Arrow string columns -> store. Entity ids follow name byte order, so `entity_sorted` is the identity."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    descs: dict[int, str] = {}
+    desc_h = desc_t = None
+    if desc_relation is not None:
+        is_desc = pc.equal(r, desc_relation)
+        if pc.any(is_desc).as_py():
+            desc_h, desc_t = h.filter(is_desc), t.filter(is_desc)
+            keep = pc.invert(is_desc)
+            h, r, t = h.filter(keep), r.filter(keep), t.filter(keep)
+    if len(h) == 0:
+        raise UserError("no valid triples besides descriptions", path=source)
+    parts = [h, t] if desc_h is None else [h, t, desc_h]
+    ents = pc.unique(pa.concat_arrays(parts))
+    ents = ents.take(pc.sort_indices(ents))
+    rel_names = pc.unique(r)
+    rel_names = rel_names.take(pc.sort_indices(rel_names))
+    hi = pc.index_in(h, value_set=ents).to_numpy().astype(np.int32)
+    ti = pc.index_in(t, value_set=ents).to_numpy().astype(np.int32)
+    ri = pc.index_in(r, value_set=rel_names).to_numpy().astype(np.int32)
+    del h, r, t
+    if desc_h is not None:
+        dh = pc.index_in(desc_h, value_set=ents).to_numpy()
+        first = np.unique(dh, return_index=True)[1]  # the first description of each head wins
+        for k in first.tolist():
+            descs[int(dh[k])] = desc_t[k].as_py()
+    E = len(ents)
+    order = np.lexsort((ti, ri, hi))  # by head, then relation, then tail: CSR order and dedup in one sort
+    hi, ri, ti = hi[order], ri[order], ti[order]
     del order
-    dup = np.zeros(len(h), dtype=bool)
-    dup[1:] = (h[1:] == h[:-1]) & (r[1:] == r[:-1]) & (t[1:] == t[:-1])
+    dup = np.zeros(len(hi), dtype=bool)
+    dup[1:] = (hi[1:] == hi[:-1]) & (ri[1:] == ri[:-1]) & (ti[1:] == ti[:-1])
     n_dup = int(dup.sum())
     if n_dup:
-        tally.skip("kg_duplicate", source, n_dup)
+        tally.skip("kg_duplicate", str(source), n_dup)
         keep = ~dup
-        h, r, t = h[keep], r[keep], t[keep]
-    names = list(ent)
-    del ent
-    E = len(names)
+        hi, ri, ti = hi[keep], ri[keep], ti[keep]
     indptr = np.zeros(E + 1, dtype=np.int64)
-    np.cumsum(np.bincount(h, minlength=E), out=indptr[1:])
-    del h
-    # Python's str order is code-point order, which equals UTF-8 byte order.
-    ent_sorted = np.array(sorted(range(E), key=names.__getitem__), dtype=np.int32)
+    np.cumsum(np.bincount(hi, minlength=E), out=indptr[1:])
+    del hi
     arrays = {}
-    arrays["entity_offsets"], arrays["entity_bytes"] = _names_to_arrays(names)
-    arrays["entity_sorted"] = ent_sorted
-    arrays["relation_offsets"], arrays["relation_bytes"] = _names_to_arrays(list(relmap))
-    arrays["indptr"], arrays["rel"], arrays["tail"] = indptr, r, t
+    arrays["entity_offsets"], arrays["entity_bytes"] = _string_arrays(ents)
+    arrays["entity_sorted"] = np.arange(E, dtype=np.int32)
+    arrays["relation_offsets"], arrays["relation_bytes"] = _string_arrays(rel_names)
+    arrays["indptr"], arrays["rel"], arrays["tail"] = indptr, ri, ti
     desc_list = [""] * E
     for i, d in descs.items():
         desc_list[i] = d
-    arrays["desc_offsets"], arrays["desc_bytes"] = _names_to_arrays(desc_list)
-    del names, desc_list
+    arrays["desc_offsets"], arrays["desc_bytes"] = _string_arrays(pa.array(desc_list, type=pa.large_string()))
+    del desc_list
+    return _write(arrays, out_dir, E=E, R=len(rel_names), T=len(ti), n_desc=len(descs), source=source, tally=tally)
 
+
+def _write(arrays: dict, out_dir: Path, *, E: int, R: int, T: int, n_desc: int, source: str, tally: Tally) -> KGStore:
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
@@ -150,9 +234,9 @@ def build_store(
     meta = {
         "format_version": FORMAT_VERSION,
         "entities": E,
-        "relations": len(relmap),
-        "triples": int(len(t)),
-        "descriptions": len(descs),
+        "relations": R,
+        "triples": T,
+        "descriptions": n_desc,
         "fingerprint": digest.hexdigest(),
         "source": str(source),
         "skipped": {k: v for k, v in tally.skipped.items() if k.startswith("kg_")},

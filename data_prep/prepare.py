@@ -122,8 +122,7 @@ def _prepare_kg(args: argparse.Namespace, out: Path, tally: Tally) -> kg_store.K
         tally.skipped.update(src.meta.get("skipped", {}))
         return kg_store.KGStore.open(kg_dir)
     check_input_file(args.kg)
-    triples = kg_store.iter_triples(args.kg, args.kg_format, tally)
-    return kg_store.build_store(triples, kg_dir, source=str(args.kg), tally=tally, desc_relation=args.kg_desc_relation)
+    return kg_store.build_store_from_file(args.kg, args.kg_format, kg_dir, tally=tally, desc_relation=args.kg_desc_relation)
 
 
 def _vocab_texts(args: argparse.Namespace):

@@ -7,7 +7,14 @@ from collections import defaultdict
 import numpy as np
 import pytest
 from ckbert.data_prep import kg_stats
-from ckbert.data_prep.kg_store import KGStore, build_store, iter_triples, sample_negatives, sample_positive
+from ckbert.data_prep.kg_store import (
+    KGStore,
+    build_store,
+    build_store_from_file,
+    iter_triples,
+    sample_negatives,
+    sample_positive,
+)
 from ckbert.data_prep.readers import Tally
 
 from ckbert.errors import UserError
@@ -15,8 +22,13 @@ from ckbert.errors import UserError
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, kg_tsv):
+    return build_store_from_file(kg_tsv, None, tmp_path_factory.mktemp("s") / "kg", tally=Tally())
+
+
+def test_python_and_arrow_paths_agree(tmp_path, store, kg_tsv):
     tally = Tally()
-    return build_store(iter_triples(kg_tsv, None, tally), tmp_path_factory.mktemp("s") / "kg", source=str(kg_tsv), tally=tally)
+    slow = build_store(iter_triples(kg_tsv, None, tally), tmp_path / "kg", source=str(kg_tsv), tally=tally)
+    assert slow.fingerprint == store.fingerprint
 
 
 def test_store_matches_source(store, cmekg_triples):
@@ -87,12 +99,19 @@ def test_csv_with_header_and_bad_rows(tmp_path, cmekg_triples):
         f'"{h2}",{r2},"{t2}"\n',
         encoding="utf-8",
     )
-    tally = Tally()
-    s = build_store(iter_triples(path, None, tally), tmp_path / "kg", source=str(path), tally=tally)
-    assert s.num_triples == 2
-    assert dict(tally.skipped) == {"kg_bad_columns": 1, "kg_empty_name": 1, "kg_self_loop": 1, "kg_duplicate": 1}
-    assert tally.first["kg_bad_columns"] == "ownthink.csv:4"
-    assert s.meta["skipped"]["kg_duplicate"] == 1
+    fingerprints = set()
+    for fast in (False, True):
+        tally = Tally()
+        if fast:
+            s = build_store_from_file(path, None, tmp_path / "kg", tally=tally)
+        else:
+            s = build_store(iter_triples(path, None, tally), tmp_path / "kg", source=str(path), tally=tally)
+        assert s.num_triples == 2
+        assert dict(tally.skipped) == {"kg_bad_columns": 1, "kg_empty_name": 1, "kg_self_loop": 1, "kg_duplicate": 1}
+        assert tally.first["kg_bad_columns"] == "ownthink.csv:4"
+        assert s.meta["skipped"]["kg_duplicate"] == 1
+        fingerprints.add(s.fingerprint)
+    assert len(fingerprints) == 1
 
 
 def test_tsv_without_valid_rows_is_an_error(tmp_path):
@@ -102,6 +121,18 @@ def test_tsv_without_valid_rows_is_an_error(tmp_path):
     with pytest.raises(UserError, match="no valid triples"):
         build_store(iter_triples(path, "tsv", tally), tmp_path / "kg", source=str(path), tally=tally)
     assert tally.skipped["kg_bad_columns"] == 2
+    tally = Tally()
+    with pytest.raises(UserError, match="no valid triples"):
+        build_store_from_file(path, "tsv", tmp_path / "kg", tally=tally)
+    assert tally.skipped["kg_bad_columns"] == 2
+
+
+def test_invalid_utf8_in_kg(tmp_path, cmekg_triples):
+    h, r, t = cmekg_triples[0]
+    path = tmp_path / "kg.tsv"
+    path.write_bytes(f"{h}\t{r}\t{t}\n".encode() + b"\xff\tx\ty\n")
+    with pytest.raises(UserError, match="kg.tsv:2: invalid UTF-8"):
+        build_store_from_file(path, None, tmp_path / "kg", tally=Tally())
 
 
 def test_descriptions(tmp_path, cmekg_triples):
@@ -111,6 +142,8 @@ def test_descriptions(tmp_path, cmekg_triples):
     tally = Tally()
     s = build_store(iter_triples(path, None, tally), tmp_path / "kg", source="x", tally=tally, desc_relation="描述")
     assert s.num_triples == 1 and s.description(s.lookup(h)) == f"{h}是一种药品"
+    s2 = build_store_from_file(path, None, tmp_path / "kg2", tally=Tally(), desc_relation="描述")
+    assert s2.fingerprint == s.fingerprint
 
 
 def test_kg_stats_cli(store, capsys):

@@ -1,0 +1,145 @@
+"""KG store + linker at scale: graphs grown from real CMeKG names to 100k, 1M and 10M triples.
+
+For each size, a fresh process builds the store from a TSV file (parsing included) and the linker
+automaton, and reports build time, peak memory (ru_maxrss of that process), store bytes per triple
+and linking throughput over People's Daily sentences (gold words). Targets (issue 2): 10M triples
+built in <= 180 s and <= 4 GB; linking throughput at 10M >= 0.7x that at 100k.
+
+Growth: entities number about triples / 5.7 (CMeKG's own ratio). The first 170k are CMeKG's real
+names; further names join two real names (e.g. "糖尿病" + "胰岛素"), so the automaton grows with
+realistic Chinese prefixes. Heads, relations (the 469 real ones) and tails are drawn at random.
+
+    python bench/kg_scale.py                      # 100k, 1M, 10M
+    python bench/kg_scale.py --sizes 100000 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _real_names():
+    from ckbert.data_prep.demo_data import demo_sources, load_cmekg
+
+    graph = load_cmekg(demo_sources()["cmekg"])
+    names, rels = set(), set()
+    for h, rs in graph.items():
+        names.add(h)
+        for r, objs in rs.items():
+            rels.add(r)
+            names.update(objs)
+    names = sorted(n for n in (" ".join(x.split()) for x in names) if n)
+    return names, sorted(" ".join(r.split()) for r in rels)
+
+
+def write_graph(path: Path, triples: int, seed: int = 0) -> None:
+    names, rels = _real_names()
+    rng = np.random.default_rng(seed)
+    n_ent = max(int(triples / 5.7), 1000)
+    if n_ent > len(names):
+        extra = n_ent - len(names)
+        a = rng.integers(0, len(names), extra)
+        b = rng.integers(0, len(names), extra)
+        names = names + list(dict.fromkeys(names[i] + names[j] for i, j in zip(a, b, strict=True)))
+    names = names[:n_ent]
+    n_ent = len(names)
+    block = 1_000_000
+    with open(path, "w", encoding="utf-8") as f:
+        for s in range(0, triples, block):
+            n = min(block, triples - s)
+            h = rng.integers(0, n_ent, n)
+            r = rng.integers(0, len(rels), n)
+            t = rng.integers(0, n_ent, n)
+            f.write("".join(f"{names[x]}\t{rels[y]}\t{names[z]}\n" for x, y, z in zip(h, r, t, strict=True)))
+
+
+def _sentences(limit_chars: int = 400_000) -> list[list[str]]:
+    from ckbert.data_prep.demo_data import demo_sources
+    from ckbert.data_prep.readers import Tally, parse_line
+
+    out, chars, tally = [], 0, Tally()
+    with open(demo_sources()["people_daily"], encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            doc = parse_line("pretagged", "pd", i, line.rstrip("\n"), tally)
+            for s in doc.sentences if doc else []:
+                out.append(s.words)
+                chars += len(s.text)
+            if chars >= limit_chars:
+                break
+    return out
+
+
+def measure(tsv: Path, out_dir: Path) -> dict:
+    """Runs in a fresh process: build store + linker, then link."""
+    from ckbert.data_prep.kg_store import build_store_from_file
+    from ckbert.data_prep.linker import Linker, LinkerConfig
+    from ckbert.data_prep.readers import Tally
+
+    sents = _sentences()
+    t0 = time.perf_counter()
+    tally = Tally()
+    store = build_store_from_file(tsv, "tsv", out_dir, tally=tally)
+    t_store = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    linker = Linker(store, LinkerConfig(min_len=2))
+    t_linker = time.perf_counter() - t1
+    chars = sum(len(w) for s in sents for w in s)
+    best = float("inf")
+    mentions = 0
+    for _ in range(3):
+        t2 = time.perf_counter()
+        mentions = sum(len(linker.link(s)) for s in sents)
+        best = min(best, time.perf_counter() - t2)
+    return {
+        "triples": store.num_triples, "entities": store.num_entities, "relations": store.num_relations,
+        "store_build_s": round(t_store, 2), "linker_build_s": round(t_linker, 2),
+        "build_total_s": round(t_store + t_linker, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "bytes_per_triple": round(store.nbytes() / store.num_triples, 2),
+        "patterns": linker.num_patterns, "link_chars": chars, "mentions": mentions,
+        "link_chars_per_s": round(chars / best),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
+    p.add_argument("--measure", nargs=2, metavar=("TSV", "OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.measure:
+        print(json.dumps(measure(Path(args.measure[0]), Path(args.measure[1]))))
+        return 0
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            tsv = Path(tmp) / f"kg-{size}.tsv"
+            t = time.perf_counter()
+            write_graph(tsv, size)
+            gen = time.perf_counter() - t
+            proc = subprocess.run([sys.executable, __file__, "--measure", str(tsv), str(Path(tmp) / f"store-{size}")],
+                                  capture_output=True, text=True, check=True)
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
+            res["tsv_mb"] = round(tsv.stat().st_size / 2**20, 1)
+            res["generate_s"] = round(gen, 1)
+            results.append(res)
+            print(json.dumps(res), flush=True)
+            tsv.unlink()
+    base = results[0]["link_chars_per_s"]
+    print(f"{'triples':>10} {'entities':>9} {'build s':>8} {'peak MB':>8} {'B/triple':>8} {'link chars/s':>13} {'ratio':>6}")
+    for r in results:
+        print(f"{r['triples']:>10} {r['entities']:>9} {r['build_total_s']:>8} {r['peak_rss_mb']:>8} "
+              f"{r['bytes_per_triple']:>8} {r['link_chars_per_s']:>13} {r['link_chars_per_s'] / base:>6.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
