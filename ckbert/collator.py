@@ -5,6 +5,8 @@ Rows follow the prepared-dataset schema (docs/contracts.md). For each row the co
 1. picks whole words as prediction targets within a budget of `rate` x tokens (method.md, sec. 1):
    mode "arcs": DEP arcs (30%), SDP arcs (30%), then random whole words for the rest;
    mode "words": linked entity mentions and content words (by POS) first, then random words;
+   (`masking.strategy` "whole_word" / "random_token" replace this choice with random whole words /
+   random single tokens, same budget, no markers: the ablation's baselines);
 2. inserts `[dep]`/`[sdp]` markers around the words that whitelisted relations name; the markers
    are prediction targets too; truncates after insertion at a word boundary, so no marker pair is
    ever cut in half;
@@ -171,7 +173,8 @@ class PretrainCollator:
         ent_start = np.asarray(row["ent_start"], dtype=np.int64)
         ent_end = np.asarray(row["ent_end"], dtype=np.int64)
         used = 0
-        if self.mode == "arcs":
+        lmlm = self.masking.strategy == "lmlm"  # else an ablation baseline: no linguistic choice, no markers
+        if lmlm and self.mode == "arcs":
             dep_head = np.asarray(row["dep_head"], dtype=np.int64)
             sdp_head = np.asarray(row["sdp_head"], dtype=np.int64)
             if dep_head.size:
@@ -184,14 +187,15 @@ class PretrainCollator:
                                           self.sdp_marks, word_len, masked,
                                           _stochastic_round(budget * self.masking.sdp_share, rng), source, SRC_SDP,
                                           wraps, self.sdp_id)
-        else:
+        elif lmlm:
             # Entity-mention words and content words (by POS) first, in random order.
             priority = self.content_pos[np.asarray(row["word_pos"], dtype=np.int64)]
             for s, e in zip(ent_start, ent_end, strict=True):
                 priority[word_ids[s:e]] = True
             cand = np.flatnonzero(priority)
             used += self._fill(rng.permutation(cand), word_len, masked, budget, source, SRC_PRIORITY)
-        used += self._fill(rng.permutation(n_words), word_len, masked, budget - used, source, SRC_RANDOM)
+        if self.masking.strategy != "random_token":
+            used += self._fill(rng.permutation(n_words), word_len, masked, budget - used, source, SRC_RANDOM)
 
         # Marker insertion. Each wrap is one word; several wraps of one word nest ([sdp] outside).
         # Sort key per insert: (token position, closers before openers, nesting order).
@@ -204,6 +208,9 @@ class PretrainCollator:
             ins_key += [(s, 1, -level), (e, 0, level)]
             ins_id += [mid, mid]
         tok_src = source[word_ids]  # [T] source of each original token (0 = not a target)
+        if self.masking.strategy == "random_token":  # BERT's targets: single tokens, words ignored
+            tok_src = np.zeros(n_tok, dtype=np.int8)
+            tok_src[rng.choice(n_tok, size=budget, replace=False)] = SRC_RANDOM
         if ins_pos:
             order = sorted(range(len(ins_pos)), key=lambda i: ins_key[i])
             pos_sorted = np.array([ins_pos[i] for i in order], dtype=np.int64)

@@ -34,6 +34,9 @@ class MaskingConfig:
     """LMLM (method.md, section 1)."""
 
     rate: float = 0.15  # share of a sequence's tokens that become prediction targets (markers extra)
+    # "lmlm": the linguistic masking below; the ablation's baselines (bench/ablation.py), same budget:
+    # "whole_word" = random whole words only, "random_token" = random single tokens (BERT); no markers
+    strategy: Literal["lmlm", "whole_word", "random_token"] = "lmlm"
     dep_share: float = 0.3  # of the budget, for DEP arcs (mode "arcs")
     sdp_share: float = 0.3  # of the budget, for SDP arcs (mode "arcs"); the rest: random whole words
     markers: bool = True  # insert [dep]/[sdp] around whitelisted relations (mode "arcs")
