@@ -109,14 +109,18 @@ def build_items(
             continue
         nb_rel, nb_tail = store.neighbors(h)
         truths = set(nb_tail[nb_rel == r].tolist())
-        pool = [int(e) for e in pools[r] if int(e) not in truths]
-        order = rng.permutation(len(pool))
-        distractors = []
-        for j in order:
-            if len(distractors) == k:
+        pool = pools[r]
+        # a small random sample first (pools can hold 1e5 tails); the whole pool only when it falls short
+        first = rng.choice(len(pool), size=min(len(pool), 2 * k + len(truths) + 8), replace=False)
+        distractors: list[int] = []
+        for order in (first, rng.permutation(len(pool))):
+            for j in order:
+                e = int(pool[j])
+                if len(distractors) < k and e not in truths and e not in distractors:
+                    if 0 < length(e) <= max_tail_tokens:
+                        distractors.append(e)
+            if len(distractors) == k or len(first) == len(pool):
                 break
-            if 0 < length(pool[j]) <= max_tail_tokens:
-                distractors.append(pool[j])
         if not distractors:
             stats["skipped_no_distractor"] = stats.get("skipped_no_distractor", 0) + 1
             continue
