@@ -211,6 +211,26 @@ def flops_per_token(config: ModelConfig, seq_len: int) -> float:
     return 6.0 * dense + 12.0 * n * h * seq_len
 
 
+# Dense bf16 peak FLOP/s of one GPU (vendor data sheets), matched against the device name in order.
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("H20", 148e12), ("A100", 312e12),
+    ("L40S", 362e12), ("A10G", 70e12), ("L4", 121e12),
+)
+
+
+def peak_flops(device_name: str) -> float | None:
+    """Peak bf16 FLOP/s for a GPU name (`torch.cuda.get_device_name`); None when unknown (and on CPU)."""
+    for key, flops in PEAK_BF16_FLOPS:
+        if key in device_name:
+            return flops
+    return None
+
+
+def mfu(tokens_per_s: float, config: ModelConfig, seq_len: int, world_size: int, peak: float) -> float:
+    """Model FLOPs utilisation of the whole job: achieved training FLOP/s over world_size x peak."""
+    return tokens_per_s * flops_per_token(config, seq_len) / (world_size * peak)
+
+
 def _load(path: str) -> tuple[ModelConfig, Workload, int | None, str]:
     """A model config, or a pretraining recipe (model + workload + micro-batch)."""
     data = read_yaml(path)

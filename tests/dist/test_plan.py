@@ -141,3 +141,14 @@ def test_predicted_peak_matches_measured_gpu_peak():
     predicted = plan.estimate(config, work, plan.Setup(checkpointing="full", device_overhead=False), batch).peak
     print(f"GPU peak {measured / plan.GIB:.2f} GiB, predicted {predicted / plan.GIB:.2f} GiB ({config.num_hidden_layers} layers)")
     assert 0.9 <= predicted / measured <= 1.3
+
+
+def test_flops_and_mfu_by_hand():
+    base = load_model_config("base")
+    dense = 12 * (4 * 768 * 768 + 2 * 768 * 3072)  # 84,934,656 non-embedding matmul weights
+    assert plan.flops_per_token(base, 512) == 6 * dense + 12 * 12 * 768 * 512
+    # 1e5 tokens/s on 8 H100s at 566 MFLOP/token: 5.66e13 / (8 x 9.89e14) = 0.72%
+    assert plan.mfu(1e5, base, 512, 8, plan.peak_flops("NVIDIA H100 80GB HBM3")) == pytest.approx(
+        1e5 * plan.flops_per_token(base, 512) / (8 * 989e12))
+    assert plan.peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert plan.peak_flops("cpu") is None
