@@ -110,3 +110,19 @@ def test_gradients_reach_every_parameter(random_model, make_batch):
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     # token type 1 is used and every row is touched; only nothing may be left out
     assert missing == []
+
+
+def test_bf16_autocast_stays_close_to_fp32(random_model, make_batch):
+    """Under bf16 autocast (applied from outside) the loss stays near fp32 and gradients are finite."""
+    model, config = random_model
+    ids, mask, types = make_batch(config)
+    positions, labels = torch.tensor([0, 4, 13, 23]), torch.tensor([3, 9, 27, 50])
+    with torch.no_grad():
+        ref = model.mlm_loss(model.encode(ids, mask, types), positions, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.mlm_loss(model.encode(ids, mask, types), positions, labels)
+    loss.backward()
+    assert loss.dtype == torch.float32
+    # bf16 has an 8-bit mantissa: ~0.4% relative error per op, a few percent over the network
+    assert abs(loss.item() - ref.item()) < 0.05 * ref.item()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
