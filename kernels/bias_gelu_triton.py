@@ -10,10 +10,10 @@ import triton.language as tl
 
 from .backend import check_device, interpreter_on
 
-_SQRT_1_2 = 0.7071067811865476  # 1/sqrt(2)
-_INV_SQRT_2PI = 0.3989422804014327  # 1/sqrt(2*pi)
-_SQRT_2_PI = 0.7978845608028654  # sqrt(2/pi)
-_TANH_C = 0.044715
+_SQRT_1_2 = tl.constexpr(0.7071067811865476)  # 1/sqrt(2)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)  # 1/sqrt(2*pi)
+_SQRT_2_PI = tl.constexpr(0.7978845608028654)  # sqrt(2/pi)
+_TANH_C = tl.constexpr(0.044715)
 
 
 @triton.jit

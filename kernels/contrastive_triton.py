@@ -18,7 +18,7 @@ import triton.language as tl
 
 from .backend import check_device, interpreter_on
 
-_NORM_EPS = 1e-12
+_NORM_EPS = tl.constexpr(1e-12)
 
 
 @triton.jit

@@ -15,7 +15,7 @@ import triton.language as tl
 
 from .backend import check_device, interpreter_on
 
-_NEG_BIG = -3.0e38  # finite "minus infinity" for masked lanes: keeps exp(m_old - m_new) free of nan
+_NEG_BIG = tl.constexpr(-3.0e38)  # finite "minus infinity" for masked lanes: keeps exp(m_old - m_new) free of nan
 
 
 @triton.jit
