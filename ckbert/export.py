@@ -6,8 +6,9 @@ whose `latest` names one (docs/contracts.md, "Checkpoints and export"); its weig
 config comes from `trainer_state.json` (`model_config`, else the recipe's `config.model`); the
 tokenizer from `--tokenizer`, else `CKPT/tokenizer/`, else the state's `tokenizer_dir` (relative
 to CKPT), else the prepared dataset the recipe names. The model card
-states the data, the objectives, the step and the measured numbers (`trainer_state.json`'s
-`metrics`, plus `--metrics FILE.json`).
+states the data, the objectives, the step and the measured numbers: those the run logged in
+`OUT/metrics.jsonl` up to the checkpoint's step, `trainer_state.json`'s `metrics`, and
+`--metrics FILE.json`.
 """
 
 from __future__ import annotations
@@ -99,7 +100,47 @@ def find_tokenizer(ckpt: Path, state: dict[str, Any], explicit: str | None) -> P
                     "prepared dataset); pass --tokenizer DIR", path=ckpt)
 
 
-def card_info(state: dict[str, Any], extra_metrics: dict[str, Any]) -> CardInfo:
+def run_metrics(ckpt: Path, step: int) -> dict[str, Any]:
+    """Measured numbers from the run's `metrics.jsonl` (OUT/checkpoints/step-N -> OUT), as logged at
+    or before `step`: the eval losses at step 0 (untrained) and at the last evaluation, and the last
+    logged training losses and throughput. Lines that are not JSON objects are counted, not used."""
+    path = ckpt.parent.parent / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    first_eval: dict[str, Any] = {}
+    last_eval: dict[str, Any] = {}
+    last_train: dict[str, Any] = {}
+    bad = 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int) or record["step"] > step:
+            bad += not isinstance(record, dict)
+            continue
+        if "eval_mlm" in record:
+            last_eval = record
+            if record["step"] == 0:
+                first_eval = record
+        elif "loss" in record:
+            last_train = record
+    out: dict[str, Any] = {}
+    for key in ("eval_mlm", "eval_cmrm"):
+        if key in first_eval:
+            out[f"{key} loss, step 0 (untrained)"] = first_eval[key]
+        if key in last_eval and last_eval is not first_eval:
+            out[f"{key} loss, step {last_eval['step']}"] = last_eval[key]
+    for key in ("loss", "mlm", "cmrm", "tokens_per_s", "mfu"):
+        if key in last_train:
+            out[f"train {key}, step {last_train['step']}"] = last_train[key]
+    if bad:
+        out["metrics.jsonl lines skipped (unreadable)"] = bad
+    return out
+
+
+def card_info(state: dict[str, Any], run: dict[str, Any], extra_metrics: dict[str, Any]) -> CardInfo:
     """Model-card facts from the trainer state (and its recipe); nothing is invented."""
     recipe = state.get("config") if isinstance(state.get("config"), dict) else {}
     data = recipe.get("data") if isinstance(recipe.get("data"), dict) else {}
@@ -121,7 +162,9 @@ def card_info(state: dict[str, Any], extra_metrics: dict[str, Any]) -> CardInfo:
         objectives += (f" Contrastive multi-hop relation modelling (CMRM, weight {cmrm.get('weight', 'default')}, "
                        f"temperature {cmrm.get('temperature', 'default')}, {cmrm.get('negatives', 'default')} "
                        "negatives from hops 2-3 of the knowledge graph).")
-    metrics = dict(state.get("metrics") or {}) if isinstance(state.get("metrics"), dict) else {}
+    metrics = dict(run)
+    if isinstance(state.get("metrics"), dict):
+        metrics.update(state["metrics"])
     metrics.update(extra_metrics)
     return CardInfo(data=data_text, objectives=objectives, steps=int(state.get("step", 0)), metrics=metrics)
 
@@ -150,8 +193,9 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, tokenizer: str | None =
     state = read_trainer_state(ckpt)
     weights = read_weights(ckpt, state)
     config = checkpoint_model_config(state, weights, ckpt / STATE_FILE)
-    return export_hf_folder(weights, config, find_tokenizer(ckpt, state, tokenizer), out,
-                            card_info(state, metrics or {}))
+    step = int(state.get("step", 0))
+    card = card_info(state, run_metrics(ckpt, step), metrics or {})
+    return export_hf_folder(weights, config, find_tokenizer(ckpt, state, tokenizer), out, card)
 
 
 def main(argv: list[str]) -> int:

@@ -33,6 +33,12 @@ def run_dir(tmp_path, tokenizer_dir, small_config, randomise):
                         "cmrm": {"enabled": True, "weight": 0.09, "temperature": 0.5, "negatives": 4}}}
     (ckpt / "trainer_state.json").write_text(json.dumps(state))
     (out / "checkpoints" / "latest").write_text("step-000012\n")
+    # the run's log as the trainer writes it; the record after step 12 must not reach the card
+    records = [{"step": 0, "eval_mlm": 9.9, "eval_cmrm": 1.6},
+               {"step": 10, "loss": 7.5, "mlm": 7.3, "cmrm": 1.4, "lr": 1e-4, "tokens_per_s": 812.0},
+               {"step": 12, "eval_mlm": 7.1, "eval_cmrm": 1.2},
+               {"step": 20, "loss": 1.0, "mlm": 1.0, "cmrm": 1.0, "tokens_per_s": 9.0}]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + "{truncated\n")
     return out, model.eval()
 
 
@@ -51,6 +57,11 @@ def test_export_command_from_run_folder(tmp_path, run_dir, capsys, people_daily_
     torch.testing.assert_close(ours[real], theirs[real], rtol=1e-5, atol=1e-5)
     card = (tmp_path / "hf" / "README.md").read_text()
     assert "eval_mlm_loss | 4.5" in card and "fill_mask_top1 | 0.25" in card and "CMRM, weight 0.09" in card
+    for row in ("eval_mlm loss, step 0 (untrained) | 9.9", "eval_mlm loss, step 12 | 7.1",
+                "train mlm, step 10 | 7.3", "train tokens_per_s, step 10 | 812",
+                "metrics.jsonl lines skipped (unreadable) | 1"):
+        assert row in card, row
+    assert "step 20" not in card
 
 
 def _run_export(args, capsys) -> str:
