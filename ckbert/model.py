@@ -12,8 +12,8 @@ pre_ln (Megatron):    x = x + drop(attn(LN(x))); x = x + drop(ffn(LN(x))); a fin
 
 The fused elementwise ops (bias + dropout + residual + LayerNorm, residual + LayerNorm, bias +
 GELU, the MLM head's linear + cross-entropy) come from `ckbert.kernels`; the backend is chosen once
-from `config.kernels` and changes no parameter. Each linear layer is applied with `F.linear`
-without its bias so that the bias lands in the fused op that follows.
+from `config.kernels` and changes no parameter. Where a fused op adds a bias, the linear layer
+before it runs as `F.linear` without its bias and hands the bias to that op.
 
 The model knows nothing of parallelism, precision or compilation (style.md, item 3).
 """
@@ -87,7 +87,7 @@ class SelfAttention(nn.Module):
 
 
 class Dense(nn.Module):
-    """A linear layer whose bias is applied by the fused op that follows (HF name `dense`)."""
+    """Holds the linear layer under its HF name `dense`; `Layer` applies it (see the module docstring)."""
 
     def __init__(self, n_in: int, n_out: int):
         super().__init__()
