@@ -83,7 +83,8 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
             raise UserError("checkpoints exist but `latest` is missing; pass the folder explicitly", path=root)
         return None
     ckpt = root / pointer.read_text(encoding="utf-8").strip()
-    check_complete(ckpt)
+    # FSDP runs write sharded DCP checkpoints (ckbert.dist_checkpoint): shards under sharded/
+    check_complete(ckpt, ("trainer_state.json",) if (ckpt / "sharded").is_dir() else FILES)
     return ckpt
 
 

@@ -159,25 +159,31 @@ class KeyedRows(torch.utils.data.Dataset):
         return self.__getitems__([key])[0]
 
 
+def heldout_start(n_rows: int, eval_rows: int) -> int:
+    """Rows [start, n_rows) are held out for evaluation (at most a tenth of the data)."""
+    return n_rows - min(eval_rows, n_rows // 10)
+
+
 def epoch_batches(n_rows: int, batch_size: int, seed: int, epoch: int, world: World) -> list[list[tuple[int, int]]]:
-    """This rank's micro-batches of one epoch: a permutation fixed by (seed, epoch), split by rank
-    (rank r takes every world.size-th row), cut to whole batches so every rank steps equally."""
+    """This rank's micro-batches of one epoch: a permutation fixed by (seed, epoch), cut into global
+    micro-batches of batch_size x world.size rows, of which rank r takes the r-th slice. The rows
+    before global micro-batch i are the same on any world size (docs/distributed.md, "Data")."""
     perm = np.random.default_rng([seed, epoch, 0x5EED]).permutation(n_rows)
-    per_rank = n_rows // world.size
-    mine = perm[world.rank :: world.size][:per_rank]
-    n_batches = per_rank // batch_size
-    return [[(epoch, int(r)) for r in mine[i * batch_size : (i + 1) * batch_size]] for i in range(n_batches)]
+    glob = batch_size * world.size
+    starts = range(world.rank * batch_size, (n_rows // glob) * glob, glob)
+    return [[(epoch, int(r)) for r in perm[s : s + batch_size]] for s in starts]
 
 
 def wrap_for_world(module: nn.Module, world: World, cfg: PretrainConfig) -> nn.Module:
-    """The one place where parallelism is applied; a single process trains the module as is."""
-    if world.size == 1:
+    """The one place where parallelism is applied (`ckbert.parallel`); a single process without
+    FSDP or activation checkpointing trains the module as is."""
+    p = cfg.parallel
+    if world.size == 1 and p.strategy != "fsdp" and p.activation_checkpointing == "none":
         return module
-    if importlib.util.find_spec("ckbert.parallel") is None:
-        raise UserError(f"WORLD_SIZE={world.size} but this install has no ckbert.parallel (multi-process training)")
     from ckbert import parallel
 
-    return parallel.parallelize(module, world, cfg)
+    env = parallel.init_distributed(cfg.train.device)
+    return parallel.parallelize(module, p, env, cfg.train.precision)
 
 
 def pick_device(requested: str, world: World) -> torch.device:
@@ -275,12 +281,14 @@ def run(cfg: PretrainConfig, resume: bool = False, world: World | None = None) -
         raise UserError("output folder already holds checkpoints: pass --resume or choose another --out", path=out)
     state = ckpt_io.load_trainer_state(resume_from) if resume_from else None
 
+    device = pick_device(cfg.train.device, world)
+    autocast = autocast_factory(cfg.train.precision, device)  # checks the precision before any work
     manifest, dataset, kg, tokenizer = open_prepared(cfg.data.prepared)
     if state is not None and state["tokenizer_fingerprint"] != manifest["tokenizer"]["fingerprint"]:
         raise UserError("the prepared dataset's tokenizer differs from the one this checkpoint was trained with",
                         path=cfg.data.prepared)
-    n_eval = min(cfg.data.eval_rows, len(dataset) // 10)
-    n_train = len(dataset) - n_eval
+    n_train = heldout_start(len(dataset), cfg.data.eval_rows)
+    n_eval = len(dataset) - n_train
     if n_train // world.size < cfg.train.batch_size:
         raise UserError(f"{n_train} training rows are fewer than one batch of {cfg.train.batch_size} per rank",
                         path=cfg.data.prepared)
@@ -294,27 +302,48 @@ def run(cfg: PretrainConfig, resume: bool = False, world: World | None = None) -
     model, mcfg = build_model(cfg, tokenizer, state)
     if mcfg.vocab_size < len(tokenizer):
         raise UserError(f"model vocab_size {mcfg.vocab_size} < tokenizer size {len(tokenizer)}")
-    device = pick_device(cfg.train.device, world)
     model.to(device)
     forward = wrap_for_world(
         PretrainForward(model, cfg.cmrm.enabled, cfg.cmrm.temperature, cfg.cmrm.in_batch_negatives), world, cfg)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim.warmup_ratio, cfg.train.max_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
-    autocast = autocast_factory(cfg.train.precision, device)
     ctx = StepContext(forward, optimizer, scheduler, scaler, autocast, cfg.cmrm.weight, cfg.optim.clip_norm,
                       [p for p in model.parameters() if p.requires_grad])
     say(world, f"[pretrain] model {mcfg.num_hidden_layers}x{mcfg.hidden_size} ({mcfg.layout}), "
                f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}, "
                f"precision {cfg.train.precision}, kernels {model.backend}, optimizer {cfg.optim.name}")
+    global_micro = cfg.train.batch_size * world.size  # rows per micro-step, all ranks together
+    say(world, f"[pretrain] world size {world.size}, strategy {cfg.parallel.strategy}: global batch "
+               f"{global_micro * cfg.train.grad_accum} = micro-batch {cfg.train.batch_size} x accumulation "
+               f"{cfg.train.grad_accum} x world {world.size}")
+    from ckbert.parallel import DistEnv, all_reduce_sum  # scale-out (docs/distributed.md)
+    from ckbert.plan import mfu
+    from ckbert.plan import peak_flops as gpu_peak_flops
+
+    peak_flops = gpu_peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+
+    env = DistEnv(world.rank, world.size, world.local_rank, device)
+    sharded = cfg.parallel.strategy == "fsdp"
 
     step, epoch, pos = 0, 0, 0
-    if resume_from is not None:
+    if resume_from is not None and (resume_from / "sharded").is_dir():
+        from ckbert.dist_checkpoint import load_sharded
+
+        load_sharded(resume_from, model, optimizer, env)  # any saved world size; RNG of this rank
+        scheduler.load_state_dict(state["scheduler"])
+    elif resume_from is not None:
         model.load_state_dict(ckpt_io.load_model_state(resume_from))
         optimizer.load_state_dict(ckpt_io.load_torch_file(resume_from, "optimizer.pt"))
         scheduler.load_state_dict(ckpt_io.load_torch_file(resume_from, "scheduler.pt"))
         set_rng_state(ckpt_io.load_torch_file(resume_from, "rng.pt"))
-        step, epoch, pos = state["step"], state["epoch"], state["batch_in_epoch"]
+    if resume_from is not None:
+        # The data position is kept in samples, so a run may resume on another world size.
+        done = state.get("samples_in_epoch", state["batch_in_epoch"] * global_micro)
+        if done % global_micro:
+            raise UserError(f"the checkpoint is {done} rows into epoch {state['epoch']}, not a whole number of "
+                            f"global micro-batches of {global_micro} (batch_size x world size)", path=resume_from)
+        step, epoch, pos = state["step"], state["epoch"], done // global_micro
         say(world, f"[pretrain] resumed from {resume_from} at step {step} (epoch {epoch}, batch {pos})")
     elif world.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -327,18 +356,29 @@ def run(cfg: PretrainConfig, resume: bool = False, world: World | None = None) -
     log = MetricsLog(out, world.is_main, resume)
 
     def save(reason: str) -> None:
-        if not world.is_main:
+        if not world.is_main and not sharded:  # a sharded checkpoint is written by every rank
             return
         trainer_state = {
             "step": step, "epoch": epoch, "batch_in_epoch": pos, "reason": reason,
+            "samples_in_epoch": pos * global_micro, "world_size": world.size,
             "config": to_dict(cfg), "model_config": to_dict(mcfg),
             "tokenizer_fingerprint": manifest["tokenizer"]["fingerprint"],
             "kg_fingerprint": manifest["kg"]["fingerprint"], "masking_mode": manifest["masking_mode"],
             "tokenizer_dir": "../../tokenizer",
+            # measured numbers for the model card (ckbert export): the last logged step and eval
+            "metrics": {**{f"train_{k}": round(v, 4) for k, v in last.items() if k in ("loss", "mlm", "cmrm")},
+                        **{k: round(v, 4) for k, v in last_eval.items()}},
         }
-        path = ckpt_io.save_checkpoint(out, step, ckpt_io.model_state_for_saving(model),
-                                       optimizer.state_dict(), scheduler.state_dict(), rng_state(),
-                                       trainer_state, keep=cfg.train.keep_checkpoints)
+        if sharded:
+            from ckbert.dist_checkpoint import save_sharded
+
+            path = save_sharded(out / "checkpoints", step, model, optimizer,
+                                {**trainer_state, "scheduler": scheduler.state_dict()}, env,
+                                keep=cfg.train.keep_checkpoints)
+        else:
+            path = ckpt_io.save_checkpoint(out, step, ckpt_io.model_state_for_saving(model),
+                                           optimizer.state_dict(), scheduler.state_dict(), rng_state(),
+                                           trainer_state, keep=cfg.train.keep_checkpoints)
         say(world, f"[pretrain] checkpoint {path}")
 
     last_eval: dict[str, float] = {}
@@ -400,7 +440,11 @@ def run(cfg: PretrainConfig, resume: bool = False, world: World | None = None) -
                 for key in ("loss", "mlm", "cmrm", "grad_norm"):
                     record[key] = sum(m[key] for m in window) / len(window)
                 record["lr"] = metrics["lr"]
-                record["tokens_per_s"] = tokens_window / max(elapsed, 1e-9)
+                # job-wide: every rank's tokens of the window (docs/distributed.md, "Logging")
+                tokens_job = int(all_reduce_sum(torch.tensor([tokens_window], device=device), env).item())
+                record["tokens_per_s"] = tokens_job / max(elapsed, 1e-9)
+                if peak_flops:
+                    record["mfu"] = mfu(record["tokens_per_s"], mcfg, max_length, world.size, peak_flops)
                 record.update({f"cmrm_{k}": int(v) for k, v in zip(CMRM_STAT_KEYS, cmrm_counts, strict=False)})
                 record["skipped_steps"] = skipped_total
                 record["elapsed_s"] = time.perf_counter() - t_start

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ckbert.config import apply_overrides, load_dataclass, read_yaml
+from ckbert.parallel import ParallelConfig  # the `parallel:` section (docs/distributed.md)
 
 
 @dataclass
@@ -130,6 +131,7 @@ class PretrainConfig:
     cmrm: CMRMConfig = field(default_factory=CMRMConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 def load_pretrain_config(path: str | Path, overrides: list[str] | None = None) -> PretrainConfig:
