@@ -312,8 +312,9 @@ def bench_models(args, device: torch.device, triton_ok: str | None, peak_tflops:
         results = {}
         for name, build in builders.items():
             torch.manual_seed(0)
-            model, loss_fn = build()
-            model.to(device).train()
+            with device:  # parameters are created on the device: no slow CPU init of large
+                model, loss_fn = build()
+            model.train()
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
             gen = torch.Generator().manual_seed(0)
             data = [_batch(batch, seq, vocab, device, gen) for _ in range(2)]
