@@ -12,6 +12,7 @@ earlier one; the chosen mentions never overlap. The automaton's search cost is l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 
 import ahocorasick
@@ -64,17 +65,16 @@ class Linker:
         if not self.num_patterns or not words:
             return []
         text = "".join(words)
-        start_word = {}  # char offset of a word start -> word index
-        end_word = {}  # char offset just after a word -> word index + 1
-        offset = 0
-        for k, w in enumerate(words):
-            start_word[offset] = k
-            offset += len(w)
-            end_word[offset] = k + 1
+        matches = list(self.automaton.iter(text))
+        if not matches:
+            return []
+        ends = list(accumulate(map(len, words)))
+        start_word = {e - len(w): k for k, (e, w) in enumerate(zip(ends, words, strict=True))}  # char -> word
+        end_word = {e: k + 1 for k, e in enumerate(ends)}  # char just after a word -> word index + 1
         allowed = set(ner_spans or ()) if self.config.ner_only else None
         prefixes = self.config.pos_prefixes
         cands = []
-        for end_char, (ent_id, length) in self.automaton.iter(text):
+        for end_char, (ent_id, length) in matches:
             e = end_char + 1
             ws = start_word.get(e - length)
             we = end_word.get(e)

@@ -43,13 +43,11 @@ def set_context(ctx: Context) -> None:
 
 
 def _ids(values: list[str], index: dict[str, int], unknown: str, tally: Tally, where: str, reason: str) -> list[int]:
-    out = []
-    for v in values:
-        i = index.get(v)
-        if i is None:
-            tally.note(reason, where)
-            i = index[unknown]
-        out.append(i)
+    out = [index.get(v, -1) for v in values]
+    if -1 in out:
+        n = out.count(-1)
+        tally.note(reason, where, n)
+        out = [index[unknown] if i == -1 else i for i in out]
     return out
 
 

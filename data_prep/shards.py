@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 
 from ckbert.data_prep.readers import Tally
@@ -57,14 +58,13 @@ class SentData:
 
 
 def finish_sentence(s: SentData) -> None:
-    n = len(s.pos)
-    start = [-1] * n
-    end = [-1] * n
-    for t, w in enumerate(s.tok_word):
-        if start[w] < 0:
-            start[w] = t
-        end[w] = t + 1
-    s.word_tok_start, s.word_tok_end = start, end
+    """Per-word token spans from the (non-decreasing, gap-free) token -> word map."""
+    counts = [0] * len(s.pos)
+    for w in s.tok_word:
+        counts[w] += 1
+    ends = list(accumulate(counts))
+    s.word_tok_start = [e - c for e, c in zip(ends, counts, strict=True)]
+    s.word_tok_end = ends
 
 
 class RowPacker:

@@ -96,20 +96,17 @@ class WordEncoder:
 
     def __call__(self, batch: list[list[str]]) -> list[tuple[list[int], list[int]]]:
         cache = self.cache
-        missing = list({w for words in batch for w in words if w not in cache})
+        missing = {w for words in batch for w in words if w not in cache}
         if missing:
             if len(cache) + len(missing) > self.max_words:
                 cache.clear()
-            encs = self.backend.encode_batch([[w] for w in missing], is_pretokenized=True, add_special_tokens=False)
-            for w, e in zip(missing, encs, strict=True):
+                missing = {w for words in batch for w in words}
+            missing_list = list(missing)
+            encs = self.backend.encode_batch([[w] for w in missing_list], is_pretokenized=True, add_special_tokens=False)
+            for w, e in zip(missing_list, encs, strict=True):
                 cache[w] = e.ids
         out = []
         for words in batch:
-            ids: list[int] = []
-            word_ids: list[int] = []
-            for k, w in enumerate(words):
-                t = cache[w]
-                ids.extend(t)
-                word_ids.extend([k] * len(t))
-            out.append((ids, word_ids))
+            toks = [cache[w] for w in words]
+            out.append(([t for ids in toks for t in ids], [k for k, ids in enumerate(toks) for _ in ids]))
         return out
