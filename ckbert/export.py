@@ -156,8 +156,11 @@ def card_info(state: dict[str, Any], run: dict[str, Any], extra_metrics: dict[st
                       f"entities and {kg.get('triples', '?')} triples.")
     masking = recipe.get("masking") if isinstance(recipe.get("masking"), dict) else {}
     cmrm = recipe.get("cmrm") if isinstance(recipe.get("cmrm"), dict) else {}
+    mode = state.get("masking_mode")
+    how = {"arcs": "DEP/SDP arcs with [dep]/[sdp] markers, then random whole words",
+           "words": "entity- and POS-aware whole words (no dependency annotation)"}.get(mode, "mode not recorded")
     objectives = (f"Linguistic-aware masked language modelling (LMLM, masking rate "
-                  f"{masking.get('rate', 'default')}, DEP/SDP arcs with [dep]/[sdp] markers when annotated).")
+                  f"{masking.get('rate', 'default')}: {how}).")
     if cmrm.get("enabled", True) and recipe:
         objectives += (f" Contrastive multi-hop relation modelling (CMRM, weight {cmrm.get('weight', 'default')}, "
                        f"temperature {cmrm.get('temperature', 'default')}, {cmrm.get('negatives', 'default')} "
