@@ -82,6 +82,15 @@ def test_sampling_respects_hops(store):
         if checked == 30:
             break
     assert checked == 30
+    # the hub path: frontiers larger than `cap` edges are sampled, results stay within hops 2..3
+    for i in range(store.num_entities):
+        hop1, far = _hops(store, i)
+        if len(far) > 20:
+            negs = sample_negatives(store, i, 8, rng, cap=5)
+            assert 0 < len(negs) <= 8 and set(negs) <= far
+            break
+    else:
+        raise AssertionError("the CMeKG slice has no entity with more than 20 hop-2/3 entities")
     leaf = int(np.flatnonzero(store.degrees() == 0)[0])
     assert sample_positive(store, leaf, rng) is None and sample_negatives(store, leaf, 4, rng) == []
 
