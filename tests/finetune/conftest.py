@@ -78,5 +78,10 @@ def tiny_kg(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def kg_triples() -> list[tuple[str, str, str]]:
+    return list(KG_TRIPLES)
+
+
+@pytest.fixture(scope="session")
 def fixtures() -> Path:
     return FIXTURES

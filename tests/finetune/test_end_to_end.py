@@ -118,7 +118,6 @@ def test_clue_command_table_and_zip(tiny_model, fixtures, tmp_path, capsys):
 
 def test_random_init_baseline_keeps_size_but_not_weights(tiny_model):
     import torch
-
     from ckbert.finetune.tasks import get_task
 
     task = get_task("sentiment")

@@ -66,3 +66,31 @@ def test_ranks_count_ties_against_the_true_tail():
     report = summarise(items, [[0.0, -1.0, -2.0], [0.0, 0.0, -2.0], [-3.0, -1.0, -2.0]])["all"]
     assert report["accuracy@1"] == pytest.approx(100 / 3)
     assert report["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+
+
+def test_prepared_dataset_mentions_are_the_seen_heads(tiny_model, kg_triples, tmp_path, capsys):
+    """`--prepared`: the heads linked in a prepared dataset (built by `ckbert prepare`) are `seen`."""
+    from ckbert.data_prep.kg_store import build_store
+    from ckbert.data_prep.readers import Tally
+
+    from ckbert.cli import main as cli_main
+
+    (tmp_path / "kg.tsv").write_text("".join("\t".join(t) + "\n" for t in kg_triples), encoding="utf-8")
+    (tmp_path / "corpus.txt").write_text(
+        "感冒/n  和/c  肺炎/n  是/v  常见/a  的/u  病/n  。/w\n医生/n  说/v  感冒/n  要/v  多/a  喝水/v  。/w\n",
+        encoding="utf-8",
+    )
+    prepared = tmp_path / "prepared"
+    assert cli_main(["prepare", "--corpus", str(tmp_path / "corpus.txt"), "--format", "pretagged",
+                     "--annotator", "pretagged", "--kg", str(tmp_path / "kg.tsv"), "--out", str(prepared),
+                     "--build-vocab", "--quiet"]) == 0
+    out = tmp_path / "probe.json"
+    assert main(["--model", str(tiny_model), "--kg", str(prepared / "kg"), "--prepared", str(prepared),
+                 "--k", "3", "--out", str(out)]) == 0
+    groups = json.loads(out.read_text())["groups"]
+    assert groups["seen"]["triples"] == 5 and groups["held_out"]["triples"] == 6  # 感冒 (3) and 肺炎 (2)
+    capsys.readouterr()
+    other_kg = tmp_path / "other-kg"
+    build_store(kg_triples[:5], other_kg, source="test", tally=Tally())
+    assert cli_main(["probe", "--model", str(tiny_model), "--kg", str(other_kg), "--prepared", str(prepared)]) == 2
+    assert "built with a different KG" in capsys.readouterr().err
