@@ -342,8 +342,7 @@ def import_hf(folder: str | Path, tokenizer: Any = None, **config_overrides: Any
             weights[key] = grow_vocab_rows(weights[key], vocab)
     config = load_dataclass(ModelConfig, {**_as_dict(config), "vocab_size": vocab}, source=folder)
 
-    model = CKBertForPreTraining(config)
-    expected = model.state_dict()
+    expected = _expected_shapes(config)
     unexpected = sorted(set(weights) - set(expected))
     if unexpected:
         raise UserError(f"checkpoint has keys this model does not: {unexpected[:3]}", path=folder)
@@ -353,10 +352,17 @@ def import_hf(folder: str | Path, tokenizer: Any = None, **config_overrides: Any
     if not_head:
         raise UserError(f"checkpoint lacks encoder weights: {not_head[:3]}", path=folder)
     for key, value in weights.items():
-        if value.shape != expected[key].shape:
+        if tuple(value.shape) != expected[key]:
             raise UserError(f"shape mismatch for {key}: checkpoint {list(value.shape)}, "
-                            f"model {list(expected[key].shape)}", path=folder)
-    model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)
+                            f"model {list(expected[key])}", path=folder)
+    weights = {k: v.float() for k, v in weights.items()}  # fp32 master weights
+    if missing:
+        model = CKBertForPreTraining(config)
+        model.load_state_dict(weights, strict=False)
+    else:  # every tensor comes from the checkpoint: skip the random init (1.3B parameters for huge)
+        with torch.device("meta"):
+            model = CKBertForPreTraining(config)
+        model.load_state_dict(weights, strict=True, assign=True)
     return Imported(model, config, tokenizer, added, missing)
 
 
