@@ -58,13 +58,18 @@ class PretrainForward(nn.Module):
         hidden = model.encode(batch["input_ids"], batch["attention_mask"])  # [B, L, H]
         rows = model.mlm_hidden(hidden, batch["mlm_positions"])  # [M, H]: the head runs on targets only
         terms = {"mlm": mlm_loss(rows, model.decoder_weight, model.decoder_bias, batch["mlm_labels"])}
-        if not self.cmrm_enabled or batch["sample_index"].shape[0] == 0:
+        if not self.cmrm_enabled:
             terms["cmrm"] = hidden.sum() * 0.0
             return terms
-        # CMRM (method.md, sec. 2): anchors from the MLM pass, samples from a second pass.
+        # CMRM (method.md, sec. 2): anchors from the MLM pass, samples from a second pass. The second
+        # pass runs even for a batch without mentions (S = 0): under FSDP every rank must make the
+        # same encoder calls, since each call all-gathers the layers' parameters (a collective).
+        sample_hidden = model.encode(batch["sample_input_ids"], batch["sample_attention_mask"])  # [S, Ls, H]
+        if batch["sample_index"].shape[0] == 0:
+            terms["cmrm"] = hidden.sum() * 0.0 + sample_hidden.sum() * 0.0
+            return terms
         anchor = mention_anchors(hidden, batch["mention_index"], batch["mention_start"],
                                  batch["mention_end"])  # [N, H]
-        sample_hidden = model.encode(batch["sample_input_ids"], batch["sample_attention_mask"])  # [S, Ls, H]
         sample_emb = masked_mean_pool(sample_hidden, batch["sample_attention_mask"])  # [S, H]
         terms["cmrm"] = cmrm_loss(anchor, sample_emb, batch["sample_index"], self.temperature,
                                   self.in_batch_negatives)
