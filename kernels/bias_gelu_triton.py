@@ -1,14 +1,14 @@
 """Triton kernels and launchers for bias + GELU (exact erf form and tanh form), fwd and bwd.
 
-Elementwise over the flattened [M, N] activations; the bias is broadcast along the last dim
-(column = flat index % N). Compute is fp32 for every storage dtype.
+Elementwise over [M, N] activations in 2-D tiles of BLOCK_M rows x BLOCK_N columns; the bias tile
+[BLOCK_N] is broadcast over the rows. Compute is fp32 for every storage dtype.
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from .backend import check_device, interpreter_on
+from .backend import check_device, tile_elements
 
 _SQRT_1_2 = tl.constexpr(0.7071067811865476)  # 1/sqrt(2)
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)  # 1/sqrt(2*pi)
@@ -41,37 +41,48 @@ def _gelu_and_grad(z, APPROX_TANH: tl.constexpr, NEED_GRAD: tl.constexpr):
 
 
 @triton.jit
-def _fwd_kernel(X, B, Y, total, N, APPROX_TANH: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < total
+def _fwd_kernel(X, B, Y, M, N, APPROX_TANH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < N
+    mask = (rows < M)[:, None] & cmask[None, :]
+    offs = rows[:, None].to(tl.int64) * N + cols[None, :]
     z = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-    z += tl.load(B + offs % N, mask=mask, other=0.0).to(tl.float32)
+    z += tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
     y, _ = _gelu_and_grad(z, APPROX_TANH, False)
     tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _bwd_kernel(DY, X, B, DX, total, N, APPROX_TANH: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < total
+def _bwd_kernel(DY, X, B, DX, M, N, APPROX_TANH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < N
+    mask = (rows < M)[:, None] & cmask[None, :]
+    offs = rows[:, None].to(tl.int64) * N + cols[None, :]
     z = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-    z += tl.load(B + offs % N, mask=mask, other=0.0).to(tl.float32)
+    z += tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
     _, g = _gelu_and_grad(z, APPROX_TANH, True)
     dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(DX + offs, (dy * g).to(DX.dtype.element_ty), mask=mask)
 
 
-def _block() -> int:
-    return 65536 if interpreter_on() else 2048
+def _tiling(n_rows: int, n_cols: int) -> tuple[tuple[int, int], int, int]:
+    """-> grid, BLOCK_M, BLOCK_N: 2-D tiles, so the bias is loaded once per tile (no per-element
+    modulo to find its column)."""
+    block_n = min(triton.next_power_of_2(n_cols), 1024)
+    block_m = max(1, tile_elements() // block_n)
+    block_m = min(block_m, triton.next_power_of_2(max(n_rows, 1)))
+    return (triton.cdiv(n_rows, block_m), triton.cdiv(n_cols, block_n)), block_m, block_n
 
 
 def bias_gelu_fwd(x: torch.Tensor, bias: torch.Tensor, approx_tanh: bool, out_dtype: torch.dtype) -> torch.Tensor:
     """x [M, N] contiguous, bias [N] -> gelu(x + bias) [M, N] in out_dtype."""
     check_device(x, bias)
     y = torch.empty_like(x, dtype=out_dtype)
-    total, block = x.numel(), _block()
-    _fwd_kernel[(triton.cdiv(total, block),)](x, bias, y, total, x.shape[-1], APPROX_TANH=approx_tanh,
-                                              BLOCK=block, num_warps=8)
+    grid, block_m, block_n = _tiling(*x.shape)
+    _fwd_kernel[grid](x, bias, y, x.shape[0], x.shape[1], APPROX_TANH=approx_tanh, BLOCK_M=block_m,
+                      BLOCK_N=block_n, num_warps=8 if block_m * block_n >= 4096 else 4)
     return y
 
 
@@ -79,7 +90,7 @@ def bias_gelu_bwd(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, approx_
     """-> d x [M, N] in x's dtype (the bias gradient is its column sum, taken by the caller)."""
     check_device(dy, x)
     dx = torch.empty_like(x)
-    total, block = x.numel(), _block()
-    _bwd_kernel[(triton.cdiv(total, block),)](dy, x, bias, dx, total, x.shape[-1], APPROX_TANH=approx_tanh,
-                                              BLOCK=block, num_warps=8)
+    grid, block_m, block_n = _tiling(*x.shape)
+    _bwd_kernel[grid](dy, x, bias, dx, x.shape[0], x.shape[1], APPROX_TANH=approx_tanh, BLOCK_M=block_m,
+                      BLOCK_N=block_n, num_warps=8 if block_m * block_n >= 4096 else 4)
     return dx

@@ -63,10 +63,16 @@ def _ce_rows_kernel(
         tl.store(ptr + cols[None, :], g.to(Logits.dtype.element_ty), mask=mask)
 
 
+MIN_CHUNK_LOGITS = 2**23  # 8M logits: 16 MiB in bf16
+
+
 def default_chunk_size(n_rows: int, hidden: int, vocab: int) -> int:
-    """Rows per chunk so that a chunk's logits [C, V] are about the size of hidden [M, H]."""
-    chunks = max(1, math.ceil(vocab / hidden))
-    return max(1, triton.next_power_of_2(math.ceil(n_rows / chunks)))
+    """Rows per chunk: a chunk's logits [C, V] about the size of hidden [M, H], but at least
+    MIN_CHUNK_LOGITS elements, because each chunk also pays a full pass over the fp32 grad_weight
+    [V, H] (few large chunks beat many small ones once the logits are small next to it)."""
+    target = max(n_rows * hidden, MIN_CHUNK_LOGITS)
+    rows = min(n_rows, max(1, math.ceil(target / vocab)))
+    return triton.next_power_of_2(rows)
 
 
 def linear_cross_entropy_fwd(
@@ -105,7 +111,7 @@ def linear_cross_entropy_fwd(
     inv_count = 1.0 / (labels != ignore_index).sum().to(torch.float32)
     loss = loss_rows.sum() * inv_count
     grad_hidden = (grad_hidden * inv_count).to(hidden.dtype)
-    grad_weight = (grad_weight * inv_count).to(weight.dtype)
+    grad_weight = grad_weight.mul_(inv_count).to(weight.dtype)
     if grad_bias is not None:
         grad_bias = (grad_bias * inv_count).to(bias.dtype)
     return loss, grad_hidden, grad_weight, grad_bias

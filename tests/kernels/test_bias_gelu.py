@@ -7,7 +7,7 @@ from ckbert.kernels import bias_gelu, bias_gelu_reference
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(1, 1), (7, 7), (3, 1023), (2, 5, 768)])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 7), (3, 1023), (2, 5, 768), (2, 1500)])  # 1500: two column tiles
 def test_forward_and_gradients(shape, dtype, approximate, assert_close_to_exact, to_double):
     g = torch.Generator().manual_seed(0)
     # Spread of 3 reaches both tails, where the erf and tanh forms and their slopes differ most.

@@ -76,12 +76,14 @@ def test_custom_ignore_index_and_autocast_dtype():
     assert all(g.dtype == torch.float32 for g in grads)
 
 
-def test_default_chunk_keeps_logits_chunk_near_hidden_size():
-    # MLM at base scale: 2458 masked rows, H 768, V 21128 -> chunks of 128 rows (logits 128 x V,
-    # about 1.4x hidden's 2458 x 768 elements) instead of the full 2458 x V.
-    assert default_chunk_size(2458, 768, 21128) == 128
+def test_default_chunk_size():
+    # MLM at base scale: 2458 masked rows, H 768, V 21128: 8M-logit floor -> 397 rows -> 512 per chunk
+    # (5 chunks, 22 MB of bf16 logits each) instead of all 2458 x V at once.
+    assert default_chunk_size(2458, 768, 21128) == 512
     assert default_chunk_size(1, 768, 21128) == 1
-    assert default_chunk_size(100, 1024, 512) == 128  # V < H: one chunk
+    assert default_chunk_size(100, 1024, 512) == 128  # small V: everything in one chunk
+    # Many rows: logits chunk about the size of hidden: 65536 * 1024 / 21128 = 3177 rows -> 4096.
+    assert default_chunk_size(65536, 1024, 21128) == 4096
 
 
 def test_bad_shapes():
