@@ -48,6 +48,23 @@ def test_loss_and_gradients(m, h, v, chunk, dtype, smoothing, with_bias, assert_
         assert_close_to_exact(a, b, c, name)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_bf16(smoothing, assert_close_to_exact, to_double):
+    """bf16 logits loaded and reduced in fp32 by the kernel; one shape keeps the interpreter time low."""
+    hidden, weight, bias, labels = _inputs(7, 24, 1000, torch.bfloat16, True, ignore_every=3)
+    loss = linear_cross_entropy(hidden, weight, bias, labels, label_smoothing=smoothing, chunk_size=3,
+                                backend="triton")
+    loss_ref = linear_cross_entropy_reference(hidden, weight, bias, labels, label_smoothing=smoothing)
+    ex = to_double(hidden, weight, bias)
+    loss_ex = linear_cross_entropy_reference(*ex, labels, label_smoothing=smoothing)
+    assert_close_to_exact(loss, loss_ref, loss_ex, "loss")
+    got = torch.autograd.grad(loss, (hidden, weight, bias))
+    ref = torch.autograd.grad(loss_ref, (hidden, weight, bias))
+    exact = torch.autograd.grad(loss_ex, ex)
+    for name, a, b, c in zip(["dhidden", "dweight", "dbias"], got, ref, exact, strict=True):
+        assert_close_to_exact(a, b, c, name)
+
+
 def test_ignored_rows_get_no_gradient_and_do_not_count():
     hidden, weight, bias, labels = _inputs(6, 8, 50, torch.float32, True, ignore_every=0)
     labels[1] = labels[4] = -100
