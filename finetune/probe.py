@@ -218,6 +218,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--score", choices=("mean", "sum"), default="mean", help="per-token mean or sum of log-probs")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--random-init", action="store_true", help="same architecture and tokenizer, random weights (chance baseline)")
     p.add_argument("--out", type=Path, help="write the report as JSON here")
     args = p.parse_args(argv)
     if "{tail}" not in args.template or "{head}" not in args.template:
@@ -239,7 +240,7 @@ def main(argv: list[str]) -> int:
     items = build_items(store, tokenizer, heads, args.k, args.max_triples, args.max_tail_tokens, args.seed, stats)
     if not items:
         raise UserError("no probe triples (every tail too long or without distractors)", path=args.kg)
-    model = load_model(AutoModelForMaskedLM, args.model)
+    model = load_model(AutoModelForMaskedLM, args.model, args.random_init)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     scores = score_candidates(
         model, tokenizer, items, args.template, args.score, args.batch_size
@@ -250,6 +251,6 @@ def main(argv: list[str]) -> int:
     print(", ".join(f"{k}={v}" for k, v in sorted(stats.items())))
     print(markdown(report), end="")
     if args.out is not None:
-        write_json(args.out, {"model": str(args.model), "kg": str(args.kg), "k": args.k, "template": args.template,
+        write_json(args.out, {"model": str(args.model), "random_init": args.random_init, "kg": str(args.kg), "k": args.k, "template": args.template,
                               "score": args.score, "seed": args.seed, "stats": stats, "groups": report})
     return 0
