@@ -126,3 +126,21 @@ def test_bf16_autocast_stays_close_to_fp32(random_model, make_batch):
     # bf16 has an 8-bit mantissa: ~0.4% relative error per op, a few percent over the network
     assert abs(loss.item() - ref.item()) < 0.05 * ref.item()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_initialisation_follows_hf(small_config):
+    """N(0, initializer_range) weights, zero biases, LayerNorm (1, 0), zero padding row."""
+    from ckbert.model import CKBertForPreTraining
+
+    torch.manual_seed(0)
+    config = small_config("post_ln", hidden_size=128, intermediate_size=256, vocab_size=500)
+    model = CKBertForPreTraining(config)
+    emb = model.bert.embeddings.word_embeddings.weight
+    assert torch.equal(emb[config.pad_token_id], torch.zeros(config.hidden_size))
+    assert abs(emb[1:].std().item() - config.initializer_range) < 0.002
+    ffn = model.bert.encoder.layer[0].intermediate.dense
+    assert abs(ffn.weight.std().item() - config.initializer_range) < 0.002 and not ffn.bias.any()
+    for name, p in model.named_parameters():
+        if "LayerNorm" in name or name.endswith(".ln.weight") or name.endswith(".ln.bias"):
+            assert torch.equal(p, torch.ones_like(p) if name.endswith("weight") else torch.zeros_like(p)), name
+    assert not model.cls.predictions.bias.any()
