@@ -1,9 +1,9 @@
 """Fine-tune one task: several seeds, the best dev weights of each seed (see `loop.py`).
 
 For each seed the model is evaluated on dev every `eval_steps` (or every epoch) and the best dev
-weights are restored at the end. The seed with the best dev score
-writes the test predictions. Everything the user should know about the data (dropped labels,
-truncated inputs, context windows) is counted in `stats` and printed.
+weights are restored at the end. The seed with the best dev score writes the test predictions.
+Everything the user should know about the data (dropped labels, truncated inputs, context
+windows) is counted in `stats`, printed, and saved in results.json.
 """
 
 from __future__ import annotations
