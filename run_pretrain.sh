@@ -71,8 +71,9 @@ for i in marks:
           f"lr {r['lr']:.1e}  {r['tokens_per_s']:.0f} tok/s  mentions {r['cmrm_mentions']}")
 print("held-out MLM loss during training: " + ", ".join(f"step {r['step']}: {r['eval_mlm']:.3f}" for r in evals))
 PYEOF
-trained=$($PY -m ckbert.mlm_eval --model "$DEMO/model" --prepared "$DEMO/prepared" --examples 5)
-untrained=$($PY -m ckbert.mlm_eval --model "$DEMO/model" --prepared "$DEMO/prepared" --untrained)
+# --eval-rows and --seed as data.eval_rows and seed of configs/pretrain/demo.yaml: the same held-out rows and masks
+trained=$($PY -m ckbert.mlm_eval --model "$DEMO/model" --prepared "$DEMO/prepared" --eval-rows 128 --seed 0 --examples 5)
+untrained=$($PY -m ckbert.mlm_eval --model "$DEMO/model" --prepared "$DEMO/prepared" --eval-rows 128 --seed 0 --untrained)
 $PY - "$trained" "$untrained" <<'PYEOF'
 import json, sys
 t, u = json.loads(sys.argv[1]), json.loads(sys.argv[2])
@@ -82,6 +83,7 @@ if not t["mlm_loss"] < u["mlm_loss"] - 1.0:
     sys.exit("run_pretrain: the exported model is not clearly better than the untrained one")
 print("fill-mask (first masked character of a held-out row; answer -> top 3):")
 for ex in t["fill_mask"]:
-    print(f"  {ex['text'][:48]}  {ex['answer']} -> {' '.join(ex['top3'])}")
+    i = ex["text"].index("[MASK]")
+    print(f"  ...{ex['text'][max(0, i - 20) : i + 26]}...  {ex['answer']} -> {' '.join(ex['top3'])}")
 PYEOF
 stamp "done: model in $DEMO/model"

@@ -1,7 +1,7 @@
 """MLM loss of a plain Hugging Face checkpoint on the held-out rows of a prepared dataset, and
 fill-mask examples (used by run_pretrain.sh to compare the exported model with its untrained twin).
 
-    python -m ckbert.mlm_eval --model HF_DIR --prepared DIR [--eval-rows 256] [--untrained] [--examples 5]
+    python -m ckbert.mlm_eval --model HF_DIR --prepared DIR [--eval-rows 128] [--untrained] [--examples 5]
 
 The model is loaded with `AutoModelForMaskedLM` (no ckbert code involved); `--untrained` builds
 the same architecture from its config.json with fresh weights (seeded). The held-out rows and their
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ckbert.mlm_eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="Hugging Face model folder (e.g. from `ckbert export`)")
     p.add_argument("--prepared", required=True, help="prepared dataset folder the model was trained on")
-    p.add_argument("--eval-rows", type=int, default=256, help="as data.eval_rows of the training recipe")
+    p.add_argument("--eval-rows", type=int, default=128, help="as data.eval_rows of the training recipe")
     p.add_argument("--seed", type=int, default=0, help="collator seed (as the recipe's) and init seed")
     p.add_argument("--untrained", action="store_true", help="fresh weights, same architecture")
     p.add_argument("--examples", type=int, default=0, help="print this many fill-mask examples")

@@ -57,3 +57,15 @@ def micro_model_yaml(tmp_path_factory) -> Path:
     path.write_text("vocab_size: null\nhidden_size: 64\nnum_hidden_layers: 2\nnum_attention_heads: 2\n"
                     "intermediate_size: 128\nmax_position_embeddings: 128\nkernels: torch\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture(autouse=True, scope="package")
+def one_torch_thread():
+    """The models here are tiny: one intra-op thread avoids OpenMP barrier spinning, which makes
+    small matmuls 10-50x slower when other processes compete for the two cores (measured)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
