@@ -241,6 +241,9 @@ def read_hf_config(folder: str | Path, **overrides: Any) -> ModelConfig:
     if model_type not in layouts:
         raise UserError(f"model_type {model_type!r} is not supported (expected one of {sorted(layouts)}; "
                         "Chinese RoBERTa-wwm-ext and MacBERT ship as model_type bert)", path=path)
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise UserError(f"position_embedding_type {hf['position_embedding_type']!r} is not supported "
+                        "(absolute only)", path=path)
     data = {k: hf[k] for k in _CONFIG_FIELDS if k in hf and hf[k] is not None}
     data["layout"] = layouts[model_type]
     data.update(overrides)

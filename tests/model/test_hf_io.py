@@ -182,6 +182,9 @@ def test_import_bad_input(tmp_path, tokenizer_dir):
     (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "roberta"}))
     with pytest.raises(UserError, match="model_type 'roberta' is not supported"):
         import_hf(folder)
+    (folder / "config.json").write_text(json.dumps({**cfg, "position_embedding_type": "relative_key"}))
+    with pytest.raises(UserError, match="position_embedding_type 'relative_key' is not supported"):
+        import_hf(folder)
     (folder / "config.json").write_text(json.dumps({**cfg, "hidden_act": "relu"}))
     with pytest.raises(UserError, match="hidden_act"):
         import_hf(folder)
