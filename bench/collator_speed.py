@@ -42,7 +42,7 @@ def hf_features(rows: list[dict[str, Any]], cls_id: int, sep_id: int, batch_size
     for row in rows:
         wid = np.asarray(row["word_ids"], dtype=np.int64)
         start = np.arange(wid.size) + wid  # token t of word w spans [t + w, t + w + 1): a gap per new word
-        offsets = [(0, 0)] + list(zip(start.tolist(), (start + 1).tolist())) + [(0, 0)]
+        offsets = [(0, 0)] + list(zip(start.tolist(), (start + 1).tolist(), strict=True)) + [(0, 0)]
         ids = [cls_id, *row["input_ids"], sep_id]
         feats.append({"input_ids": ids, "special_tokens_mask": [1] + [0] * wid.size + [1],
                       "offset_mapping": offsets})
@@ -90,14 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--max-length", type=int, default=0, help="0 = manifest seq_len + 2")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts")
-    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p.add_argument("--out", type=Path, help="write the results as JSON here (and the bars as the same name .png)")
     args = p.parse_args(argv)
 
-    from ckbert.collator import PretrainCollator
     from ckbert.data_prep.dataset import open_prepared
+    from transformers import DataCollatorForLanguageModeling
+
+    from ckbert.collator import PretrainCollator
     from ckbert.train import KeyedRows
     from ckbert.train_config import CMRMConfig, MaskingConfig
-    from transformers import DataCollatorForLanguageModeling
 
     record: dict[str, Any] = {"machine": machine(), "bench": "collator_speed"}
     manifest, dataset, kg, tok = open_prepared(args.prepared)
@@ -128,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     feats = hf_features(rows, tok.cls_token_id, tok.sep_token_id, bs)
     feat_s = time.perf_counter() - t0
     hf = {
+        # HF's whole-word path supports only [MASK] replacement (it warns and forces 1.0 otherwise)
         "HF whole_word_mask=True": DataCollatorForLanguageModeling(tok, whole_word_mask=True, mlm_probability=0.15,
+                                                                   mask_replace_prob=1.0, random_replace_prob=0.0,
                                                                    pad_to_multiple_of=8, seed=0),
         "HF token-level MLM": DataCollatorForLanguageModeling(tok, mlm_probability=0.15, pad_to_multiple_of=8, seed=0),
     }
@@ -186,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
                 [[r["collator"], r["workers"], r["batches"], r["wall_s"], r["first_batch_s"],
                   r["steady_batches_per_s"]] for r in loaders]))
     finish(record, args.out)
+    if args.out is not None:
+        from plots import plot_throughput
+
+        print(f"wrote {plot_throughput([record], args.out.with_suffix('.png'))}")
     return 0
 
 

@@ -1,0 +1,152 @@
+"""Run every benchmark question of bench/ in turn, from a fresh clone.
+
+    python bench/run_all.py --out runs/bench                 # full sizes (about an hour on 2 CPU cores)
+    python bench/run_all.py --out runs/bench --smoke         # CI sizes, a minute or two
+    python bench/run_all.py --out runs/bench --only collator gpu
+
+The demo data (`ckbert demo-data`, then `ckbert prepare` of People's Daily + CMeKG) is built under
+OUT/ when absent. Each section runs its entry point in a fresh process, with its output in
+OUT/<section>.log; the GPU section runs bench/gpu_kernels.py only when CUDA is available and
+otherwise prints, and records, that it was not run. OUT/run_all.json lists every section with its
+command, exit status and wall time; OUT/throughput.png plots the throughput numbers found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import REPO, finish, machine  # noqa: E402
+
+BENCH = REPO / "bench"
+
+
+def sections(out: Path, prepared: Path, smoke: bool) -> dict[str, list[str] | None]:
+    """Section name -> argv after `python` (None: nothing to run on this machine)."""
+    import torch
+
+    py = [sys.executable]
+    s = {
+        "collator": py + [str(BENCH / "collator_speed.py"), "--prepared", str(prepared),
+                          "--out", str(out / "collator_speed.json")]
+        + (["--batches", "4", "--warmup", "1", "--batch-size", "8"] if smoke else []),
+        "train_step": py + [str(BENCH / "train_step.py"), "--prepared", str(prepared),
+                            "--out", str(out / "train_step.json")]
+        + (["--sizes", "tiny", "--steps", "1", "--warmup", "0", "--batch-size", "4"] if smoke else []),
+        "prepare": py + [str(BENCH / "prepare_speed.py"), "--demo", str(out / "demo")]
+        + (["--max-chars", "20000"] if smoke else []),
+        "kg_scale": py + [str(BENCH / "kg_scale.py")] + (["--sizes", "100000"] if smoke else []),
+        "gpu": (py + [str(BENCH / "gpu_kernels.py"), "--json", str(out / "gpu_kernels.json")]
+                + (["--smoke"] if smoke else []))
+        if torch.cuda.is_available() else None,
+        "ablation": py + [str(BENCH / "ablation.py"), "--prepared", str(prepared), "--out", str(out / "ablation")]
+        + (["--smoke", "--jobs", "1", "--arms", "c", "d", "--seeds", "0"] if smoke else []),
+    }
+    return s
+
+
+def write_inverse_kg(kg_tsv: Path, out: Path) -> int:
+    """kg.tsv plus every triple reversed, relation renamed `<relation>_inv`; -> triples written.
+
+    The KG store keeps out-edges only, and the People's Daily words that link to CMeKG are mostly
+    CMeKG *objects* (a medical graph's tails), which have no out-edges and no description: with
+    the plain graph, CMRM finds a positive for about 1 mention in 500 rows and arm (d) would be
+    arm (c). With the inverse edges those mentions get 1-hop facts and 2..3-hop negatives."""
+    n = 0
+    tmp = out.with_name(out.name + ".tmp")
+    with open(kg_tsv, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+        for line in src:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 3:  # prepare reports malformed lines of kg.tsv itself; copy them as they are
+                dst.write(line)
+                continue
+            h, r, t = parts
+            dst.write(f"{h}\t{r}\t{t}\n{t}\t{r}_inv\t{h}\n")
+            n += 2
+    tmp.replace(out)
+    return n
+
+
+def ensure_demo_data(out: Path, seq_len: int) -> Path:
+    """OUT/demo (ckbert demo-data), OUT/demo/kg_inv.tsv and OUT/prepared-<seq_len> (ckbert prepare),
+    each built when absent."""
+    demo = out / "demo"
+    prepared = out / f"prepared-{seq_len}"
+    ckbert = [sys.executable, "-m", "ckbert.cli"]
+    if not (demo / "demo_data.json").is_file():
+        subprocess.run(ckbert + ["demo-data", "--out", str(demo)], check=True)
+    if not (demo / "kg_inv.tsv").is_file():
+        write_inverse_kg(demo / "kg.tsv", demo / "kg_inv.tsv")
+    if not (prepared / "manifest.json").is_file():
+        subprocess.run(ckbert + ["prepare", "--corpus", str(demo / "people_daily.txt"), "--format", "pretagged",
+                                 "--annotator", "pretagged", "--kg", str(demo / "kg_inv.tsv"), "--out", str(prepared),
+                                 "--build-vocab", "--vocab-size", "8000", "--seq-len", str(seq_len), "--quiet"],
+                       check=True)
+    return prepared
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--prepared", type=Path, help="an existing prepared dataset (default: build the demo one)")
+    p.add_argument("--seq-len", type=int, default=62, help="rows of the demo dataset built when --prepared is absent")
+    p.add_argument("--smoke", action="store_true", help="CI sizes")
+    p.add_argument("--only", nargs="+", help="run only these sections")
+    args = p.parse_args(argv)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"machine": machine(), "bench": "run_all", "smoke": args.smoke, "sections": []}
+    names = list(sections(out, Path("."), args.smoke))
+    if args.only:
+        unknown = sorted(set(args.only) - set(names))
+        if unknown:
+            p.error(f"unknown section(s) {unknown}; choose from {names}")
+        names = [n for n in names if n in args.only]
+    needs_data = any(n in ("collator", "train_step", "prepare", "ablation") for n in names)
+    prepared = args.prepared or (ensure_demo_data(out, args.seq_len) if needs_data else Path("."))
+    plan = sections(out, prepared.resolve(), args.smoke)
+    failed = []
+    for name in names:
+        cmd = plan[name]
+        entry = {"section": name, "command": None if cmd is None else " ".join(cmd)}
+        if cmd is None:
+            print(f"== {name}: NOT RUN: no CUDA device on this machine (torch.cuda.is_available() is False); "
+                  "GPU numbers are not measured here", flush=True)
+            entry["status"] = "not run: no CUDA device"
+        elif not Path(cmd[1]).is_file():
+            print(f"== {name}: NOT RUN: {cmd[1]} does not exist in this checkout", flush=True)
+            entry["status"] = "not run: entry point missing"
+            failed.append(name)
+        else:
+            print(f"== {name}: {' '.join(cmd)}", flush=True)
+            t0 = time.perf_counter()
+            with open(out / f"{name}.log", "w", encoding="utf-8") as log:
+                proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+            entry.update({"returncode": proc.returncode, "wall_s": round(time.perf_counter() - t0, 1),
+                          "log": str(out / f"{name}.log")})
+            entry["status"] = "ok" if proc.returncode == 0 else "failed"
+            tail = (out / f"{name}.log").read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+            print("\n".join("   " + line for line in tail), flush=True)
+            print(f"== {name}: {entry['status']} in {entry['wall_s']} s", flush=True)
+            if proc.returncode != 0:
+                failed.append(name)
+        record["sections"].append(entry)
+    found = [json.loads(f.read_text(encoding="utf-8")) for f in [out / "collator_speed.json"] if f.is_file()]
+    if found:
+        from plots import plot_throughput
+
+        print(f"wrote {plot_throughput(found, out / 'throughput.png')}")
+    record["failed"] = failed
+    finish(record, out / "run_all.json")
+    if failed:
+        print(f"failed or missing: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

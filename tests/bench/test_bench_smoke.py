@@ -1,0 +1,112 @@
+"""Smoke runs of the bench/ entry points (tiny sizes), so that they do not rot.
+
+They run in-process (the scripts' `main(argv)`), on the small prepared dataset of conftest.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def is_png(path) -> bool:
+    return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_collator_speed_smoke(bench_module, small_prepared, tmp_path, capsys):
+    bench = bench_module("collator_speed")
+    out = tmp_path / "collator_speed.json"
+    assert bench.main(["--prepared", str(small_prepared), "--batch-size", "4", "--batches", "2", "--warmup", "1",
+                       "--workers", "0", "2", "--out", str(out)]) == 0
+    rec = json.loads(out.read_text(encoding="utf-8"))
+    names = {r["collator"] for r in rec["collators"]}
+    assert {"ckbert LMLM (CMRM off)", "ckbert LMLM + CMRM samples", "HF whole_word_mask=True",
+            "ckbert random_token (CMRM off)", "ckbert whole_word (CMRM off)"} <= names
+    for r in rec["collators"]:
+        assert r["batches_per_s"] > 0 and r["tokens_per_s"] > 0
+        assert 0.05 < r["target_share"] < 0.3, r  # both sides mask about 15% of the real tokens
+    assert [r["workers"] for r in rec["dataloader"]].count(2) == 3
+    assert all(r["batches"] == 2 for r in rec["dataloader"])
+    assert rec["machine"]["command"] and rec["machine"]["cpu_count"] >= 1
+    assert is_png(out.with_suffix(".png"))
+    assert "x HF WWM" in capsys.readouterr().out
+
+
+def test_hf_features_mark_the_same_words(bench_module, small_prepared):
+    """The offsets handed to HF's whole-word masking make it see exactly the rows' word_ids."""
+    from ckbert.data_prep.dataset import open_prepared
+    from transformers import DataCollatorForLanguageModeling
+
+    bench = bench_module("collator_speed")
+    _, dataset, _, tok = open_prepared(small_prepared)
+    cols = dataset[:4]
+    rows = [{k: cols[k][i] for k in cols} for i in range(4)]
+    feats = bench.hf_features(rows, tok.cls_token_id, tok.sep_token_id, 4)
+    import numpy as np
+
+    offsets = np.array([f["offset_mapping"] for f in feats])
+    special = np.array([f["special_tokens_mask"] + [1] * (offsets.shape[1] - len(f["special_tokens_mask"]))
+                        for f in feats])
+    word_ids, _ = DataCollatorForLanguageModeling._calc_word_ids_and_prob_mask(offsets, special)
+    for b, row in enumerate(rows):
+        n = len(row["input_ids"])
+        assert (word_ids[b, 1 : n + 1] - 1 == np.asarray(row["word_ids"])).all()
+
+
+def test_ablation_smoke(bench_module, small_prepared, tmp_path):
+    bench = bench_module("ablation")
+    out = tmp_path / "ablation"
+    assert bench.main(["--prepared", str(small_prepared), "--out", str(out), "--smoke", "--jobs", "1",
+                       "--arms", "a", "d", "r", "--seeds", "0"]) == 0
+    rec = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert [(r["arm"], r["seed"]) for r in rec["runs"]] == [("a", 0), ("d", 0), ("r", 0)]
+    for r in rec["runs"]:
+        for key in ("heldout_mlm_random_token", "heldout_mlm_whole_word"):
+            assert 0 < r[key] < 2 * math.log(8000), (key, r[key])  # a finite cross-entropy near log(V)
+        assert 0 <= r["sentiment_acc"] <= 100 and 0 <= r["ner_f1"] <= 100
+        assert 0 <= r["probe_seen_acc"] <= 100 and 0 <= r["probe_held_out_acc"] <= 100
+    trained = {r["arm"]: r for r in rec["runs"]}
+    assert trained["a"]["steps"] == trained["d"]["steps"] == 2 and trained["r"]["steps"] == 0
+    # the reference arm is seed 0's initial weights: the same model every arm started from
+    metrics = [json.loads(x) for x in (out / "runs" / "a-seed0" / "metrics.jsonl").read_text().splitlines()]
+    step0 = next(m for m in metrics if m["step"] == 0 and "eval_mlm" in m)
+    assert step0["eval_mlm"] > trained["a"]["own_eval_mlm"] - 1.0
+    md = (out / "results.md").read_text(encoding="utf-8")
+    assert "(a) random-token MLM" in md and "(d) LMLM + CMRM" in md and "held-out MLM loss" in md
+    assert is_png(out / "loss_curves.png") and is_png(out / "ablation_metrics.png")
+    # a second run with the same settings reuses every finished (arm, seed)
+    before = (out / "runs" / "a-seed0" / "result.json").stat().st_mtime_ns
+    assert bench.main(["--prepared", str(small_prepared), "--out", str(out), "--smoke", "--jobs", "1",
+                       "--arms", "a", "--seeds", "0"]) == 0
+    assert (out / "runs" / "a-seed0" / "result.json").stat().st_mtime_ns == before
+
+
+def test_ablation_summary_and_noise_screen(bench_module):
+    bench = bench_module("ablation")
+    runs = [{"arm": arm, "seed": s, "sentiment_acc": base + d}
+            for arm, base in (("a", 60.0), ("c", 70.0)) for s, d in enumerate((-1.0, 0.0, 1.0))]
+    agg = bench.aggregate(runs, ["a", "c"])
+    assert agg["a"]["sentiment_acc"]["mean"] == 60.0 and agg["a"]["sentiment_acc"]["std"] == 1.0
+    assert agg["c"]["sentiment_acc"]["min"] == 69.0 and agg["c"]["sentiment_acc"]["max"] == 71.0
+    diff, se2 = bench.compare(agg, "a", "c", "sentiment_acc")
+    assert diff == 10.0 and se2 == pytest.approx(2 * math.sqrt(2 / 3))
+    md = bench.markdown(agg, ["a", "c"], [0, 1, 2])
+    assert "60.0 ± 1.0 [59.0, 61.0]" in md and "better" in md
+    runs_close = [{"arm": arm, "seed": s, "sentiment_acc": 60.0 + d + (0.5 if arm == "c" else 0.0)}
+                  for arm in ("a", "c") for s, d in enumerate((-3.0, 0.0, 3.0))]
+    assert "noise" in bench.markdown(bench.aggregate(runs_close, ["a", "c"]), ["a", "c"], [0, 1, 2])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path of run_all")
+def test_run_all_says_the_gpu_section_was_not_run(bench_module, tmp_path, capsys):
+    bench = bench_module("run_all")
+    assert bench.main(["--out", str(tmp_path), "--only", "gpu"]) == 0
+    assert "gpu: NOT RUN: no CUDA device" in capsys.readouterr().out
+    rec = json.loads((tmp_path / "run_all.json").read_text(encoding="utf-8"))
+    assert rec["sections"] == [{"section": "gpu", "command": None, "status": "not run: no CUDA device"}]
+    assert rec["failed"] == [] and rec["machine"]["gpu"] is None
