@@ -72,14 +72,20 @@ def write_inverse_kg(kg_tsv: Path, out: Path) -> int:
     return n
 
 
+def ensure_demo(out: Path) -> Path:
+    """OUT/demo (`ckbert demo-data`), built when absent."""
+    demo = out / "demo"
+    if not (demo / "demo_data.json").is_file():
+        subprocess.run([sys.executable, "-m", "ckbert.cli", "demo-data", "--out", str(demo)], check=True)
+    return demo
+
+
 def ensure_demo_data(out: Path, seq_len: int) -> Path:
     """OUT/demo (ckbert demo-data), OUT/demo/kg_inv.tsv and OUT/prepared-<seq_len> (ckbert prepare),
     each built when absent."""
-    demo = out / "demo"
+    demo = ensure_demo(out)
     prepared = out / f"prepared-{seq_len}"
     ckbert = [sys.executable, "-m", "ckbert.cli"]
-    if not (demo / "demo_data.json").is_file():
-        subprocess.run(ckbert + ["demo-data", "--out", str(demo)], check=True)
     if not (demo / "kg_inv.tsv").is_file():
         write_inverse_kg(demo / "kg.tsv", demo / "kg_inv.tsv")
     if not (prepared / "manifest.json").is_file():
@@ -107,8 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             p.error(f"unknown section(s) {unknown}; choose from {names}")
         names = [n for n in names if n in args.only]
-    needs_data = any(n in ("collator", "train_step", "prepare", "ablation") for n in names)
-    prepared = args.prepared or (ensure_demo_data(out, args.seq_len) if needs_data else Path("."))
+    if args.prepared is None and any(n in ("collator", "train_step", "ablation") for n in names):
+        prepared = ensure_demo_data(out, args.seq_len)
+    else:
+        prepared = args.prepared or Path(".")
+        if "prepare" in names:
+            ensure_demo(out)
     plan = sections(out, prepared.resolve(), args.smoke)
     failed = []
     for name in names:
