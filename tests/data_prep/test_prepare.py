@@ -110,7 +110,7 @@ def test_resume_redoes_only_unfinished_shards(tmp_path, prepared, pd_file, kg_ts
 def test_killed_run_resumes(tmp_path, prepared, pd_file, kg_tsv):
     """A real SIGKILL in the middle of a run; the same command then completes it. Rows do not depend
     on the shard size, so the result must equal the uninterrupted `prepared` run."""
-    settings = [a if a != "30" else "4" for a in PRETAGGED]
+    settings = [a if a != "30" else "8" for a in PRETAGGED]
     args = _args(pd_file, kg_tsv, tmp_path / "ds", *settings, "--workers", "1")
     cmd = [sys.executable, "-c", "import sys; from ckbert.cli import main; sys.exit(main(sys.argv[1:]))", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -125,7 +125,7 @@ def test_killed_run_resumes(tmp_path, prepared, pd_file, kg_tsv):
         open_prepared(tmp_path / "ds")
     assert cli(args) == 0
     manifest, ds, _, _ = open_prepared(tmp_path / "ds")
-    assert len(manifest["shards"]) == 30
+    assert len(manifest["shards"]) == 15
     _, ds_ref, _, tok_ref = open_prepared(prepared)
     tok = load_tokenizer(tmp_path / "ds" / "tokenizer")
     # compare tokens, not ids: the two runs trained their own vocabularies
