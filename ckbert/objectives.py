@@ -9,19 +9,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ckbert import kernels
+
 
 def mlm_loss(rows: torch.Tensor, decoder_weight: torch.Tensor, decoder_bias: torch.Tensor,
-             labels: torch.Tensor) -> torch.Tensor:
+             labels: torch.Tensor, backend: str | None = None) -> torch.Tensor:
     """Sparse MLM cross-entropy on the gathered target rows only.
 
     rows [M, H] (the MLM head's transform output at the M targets), decoder_weight [V, H],
-    decoder_bias [V], labels [M] -> mean cross-entropy over the M targets (float32 softmax).
+    decoder_bias [V], labels [M] -> mean cross-entropy over the M targets. Goes through
+    `ckbert.kernels.linear_cross_entropy` (the Triton path never materialises [M, V] logits; the
+    torch path is the plain float32 reference); `backend` is the model's, decided once.
     An empty batch of targets gives a zero that still depends on the inputs (so backward works).
     """
     if labels.numel() == 0:
         return rows.sum() * 0.0
-    logits = F.linear(rows, decoder_weight, decoder_bias)  # [M, V]
-    return F.cross_entropy(logits.float(), labels)
+    return kernels.linear_cross_entropy(rows, decoder_weight, decoder_bias, labels, backend=backend)
 
 
 def mention_anchors(hidden: torch.Tensor, mention_index: torch.Tensor, start: torch.Tensor,

@@ -57,7 +57,8 @@ class PretrainForward(nn.Module):
         model = self.model
         hidden = model.encode(batch["input_ids"], batch["attention_mask"])  # [B, L, H]
         rows = model.mlm_hidden(hidden, batch["mlm_positions"])  # [M, H]: the head runs on targets only
-        terms = {"mlm": mlm_loss(rows, model.decoder_weight, model.decoder_bias, batch["mlm_labels"])}
+        terms = {"mlm": mlm_loss(rows, model.decoder_weight, model.decoder_bias, batch["mlm_labels"],
+                                  backend=model.backend)}
         if not self.cmrm_enabled:
             terms["cmrm"] = hidden.sum() * 0.0
             return terms

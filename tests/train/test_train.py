@@ -137,3 +137,34 @@ def test_bad_prepared_dataset(tmp_path, capsys, prepared_dir, micro_model_yaml):
         load_pretrain_config(tmp_path / "missing.yaml")
     with pytest.raises(UserError):
         run(load_pretrain_config(cfg, [f"data.prepared={tmp_path / 'nothing'}"]))
+
+
+def test_init_from_hf_folder(tmp_path, capsys, prepared, prepared_dir, micro_model_yaml):
+    """`init_from`: the model starts from a local HF BertForMaskedLM folder; a folder whose weights
+    do not fit its config is a one-line error."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    from ckbert.train import build_model
+
+    manifest, ds, kg, tok = prepared
+    torch.manual_seed(0)
+    hf = BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=64, max_position_embeddings=128))
+    folder = tmp_path / "hf"
+    hf.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    cfg = load_pretrain_config(write_config(tmp_path / "c.yaml", prepared_dir, micro_model_yaml, tmp_path / "o"),
+                               [f"init_from={folder}"])
+    model, mcfg = build_model(cfg, tok, None)
+    assert mcfg.hidden_size == 32 and mcfg.num_hidden_layers == 1
+    theirs = hf.state_dict()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, theirs[key]), key
+    # config.json says 48 wide, the weights are 32 wide
+    conf = json.loads((folder / "config.json").read_text())
+    conf["hidden_size"] = 48
+    (folder / "config.json").write_text(json.dumps(conf))
+    cfg_path = write_config(tmp_path / "bad.yaml", prepared_dir, micro_model_yaml, tmp_path / "o2")
+    err = _error(capsys, ["pretrain", "--config", str(cfg_path), f"init_from={folder}"])
+    assert "shape" in err or "mismatch" in err, err
