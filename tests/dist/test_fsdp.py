@@ -1,4 +1,4 @@
-"""FSDP2 on 2 gloo ranks: train, sharded DCP checkpoint, resume on 1 and on 2 ranks, export, SIGKILL.
+"""FSDP2 on 2 gloo ranks: train, sharded DCP checkpoint, resume on 1 rank, consolidate, SIGKILL + resume on 2.
 
 Dropout is off in the worker, so a run resumed from a checkpoint must land on the parameters of the
 uninterrupted run up to fp32 reduction-order noise, whatever the world size it resumes on.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ckbert.dist_checkpoint import latest_checkpoint, load_full_model_state, read_trainer_state
 from ckbert.parallel import DataOrder
@@ -80,30 +80,14 @@ def test_resume_on_one_rank_matches_uninterrupted(run_worker, reference, tmp_pat
     assert seen == sorted(DataOrder(ROWS, SEED).rows(SAVE_EVERY * 8, (STEPS - SAVE_EVERY) * 8).tolist())
 
 
-def test_sharded_checkpoint_consolidates_and_loads_in_hf(reference, tmp_path, worker_module):
-    from transformers import BertForMaskedLM
-
-    from ckbert.hf_io import hf_config_dict
-    from ckbert.model import CKBertForPreTraining
-
-    worker = worker_module
+def test_sharded_checkpoint_consolidates_to_the_trained_weights(reference):
+    """One process, no process group: the shards of both ranks reassemble into the full state dict
+    (`ckbert export` reads it this way; the HF round trip is in test_pretrain_torchrun.py)."""
     state = load_full_model_state(reference / "checkpoints" / f"step-{STEPS:06d}")
     final = load_file(str(reference / "final.safetensors"))
     assert state.keys() == final.keys()
     for k in state:
         assert torch.equal(state[k], final[k]), k
-    folder = tmp_path / "hf"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(hf_config_dict(worker.tiny_config())))
-    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
-    hf = BertForMaskedLM.from_pretrained(str(folder)).eval()
-    ours = CKBertForPreTraining(worker.tiny_config()).eval()
-    ours.load_state_dict(state)
-    batch = worker.make_batch(worker.text_rows(8), torch.arange(8).numpy())
-    with torch.no_grad():
-        expected = ours(batch["input_ids"], batch["attention_mask"])  # [B, L, V]
-        got = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_sigkill_mid_step_resumes_from_last_complete_checkpoint(run_worker, fork_ranks, reference, tmp_path):

