@@ -64,10 +64,6 @@ def build_vocab(texts: Iterable[str], out_dir: Path, vocab_size: int = 21128, mi
     return tok
 
 
-def save_tokenizer(tokenizer, out_dir: Path) -> None:
-    tokenizer.save_pretrained(str(out_dir))
-
-
 def fingerprint(tokenizer_dir: Path) -> str:
     return hashlib.sha256((Path(tokenizer_dir) / "tokenizer.json").read_bytes()).hexdigest()
 

@@ -75,3 +75,15 @@ def test_alignment_and_fast_path(tokenizer, sentences):
         for k, w in enumerate(words):
             toks = [ids[t] for t in range(len(ids)) if word_ids[t] == k]
             assert tokenizer.decode(toks).replace(" ", "").replace("##", "") == w.lower() or tokenizer.unk_token_id in toks
+
+
+def test_stop_list_file(tmp_path):
+    from ckbert.data_prep.linker import read_stop_list
+
+    from ckbert.errors import UserError
+
+    path = tmp_path / "stop.txt"
+    path.write_text("# generic names\n中国\n\n 全国 \n", encoding="utf-8")
+    assert read_stop_list(path) == frozenset({"中国", "全国"})
+    with pytest.raises(UserError, match="nostop.txt: stop-list file not found"):
+        read_stop_list(tmp_path / "nostop.txt")
