@@ -274,17 +274,17 @@ def main(argv: list[str]) -> int:
     print(f"per GPU: {args.gpu_mem:g} GiB, {args.gpus} GPU(s); GiB below\n")
     strategies = ["single"] if args.gpus == 1 else ["ddp"]
     strategies.append("fsdp")
+    setups = [Setup(strategy=s, world_size=args.gpus, checkpointing=ac) for s in strategies for ac in ("none", "full")]
+    setups.append(Setup(strategy="fsdp", world_size=args.gpus, checkpointing="full", cpu_offload=True))
     rows = []
-    for strategy in strategies:
-        for ac in ("none", "full"):
-            setup = Setup(strategy=strategy, world_size=args.gpus, checkpointing=ac)
-            one = estimate(config, work, setup, 1)
-            best = max_micro_batch(config, work, setup, args.gpu_mem)
-            rows.append((strategy, ac, one, best))
-    header = f"{'strategy':8} {'ckpt':5} {'params':>7} {'grads':>7} {'adamw':>7} {'copies':>7} {'act/seq':>8} {'max micro-batch':>16}"
+    for setup in setups:
+        name = setup.strategy + ("+offload" if setup.cpu_offload else "")
+        rows.append((name, setup.checkpointing, estimate(config, work, setup, 1),
+                     max_micro_batch(config, work, setup, args.gpu_mem)))
+    header = f"{'strategy':12} {'ckpt':5} {'params':>7} {'grads':>7} {'adamw':>7} {'copies':>7} {'act/seq':>8} {'max micro-batch':>16}"
     print(header)
     for strategy, ac, one, best in rows:
-        print(f"{strategy:8} {ac:5} {one.params / GIB:7.2f} {one.grads / GIB:7.2f} {one.optimizer / GIB:7.2f} "
+        print(f"{strategy:12} {ac:5} {one.params / GIB:7.2f} {one.grads / GIB:7.2f} {one.optimizer / GIB:7.2f} "
               f"{(one.weight_copies + one.fsdp_buffers) / GIB:7.2f} {one.per_sequence / GIB:8.3f} {best:16d}")
     print()
     fits = [(s, ac, b) for s, ac, _, b in rows if b >= 1]
@@ -294,6 +294,7 @@ def main(argv: list[str]) -> int:
         return 0
     for s, ac, b in fits:
         print(f"verdict: fits with strategy {s}, activation checkpointing {ac}, up to micro-batch {b}")
+    print("(+offload: parallel.cpu_offload, states in host memory: ~16 bytes x parameters / GPUs of host RAM per GPU)")
     if recipe_batch is not None:
         ok = any(b >= recipe_batch for _, _, b in fits)
         print(f"recipe micro-batch {recipe_batch}: {'fits' if ok else 'too large'} with at least one setting above")

@@ -67,8 +67,9 @@ def test_reference_run_reads_the_global_stream(reference):
 def test_resume_on_one_rank_matches_uninterrupted(run_worker, reference, tmp_path):
     """Saved on 2 ranks, resumed on 1 (resuming on 2 ranks: the SIGKILL test below)."""
     out = _from_step(reference, tmp_path, SAVE_EVERY)
-    # Same global batch (8) on 1 rank: micro-batch 4; full activation checkpointing this time.
-    run_worker(1, {"strategy": "fsdp", "ac": "full", "micro_batch": 4, "grad_accum": 2,
+    # Same global batch (8) on 1 rank: micro-batch 4; full activation checkpointing and CPU offload
+    # (CPUOffloadPolicy(pin_memory=False): a host copy on a CPU-only machine) this time.
+    run_worker(1, {"strategy": "fsdp", "ac": "full", "cpu_offload": True, "micro_batch": 4, "grad_accum": 2,
                        "steps": STEPS, "out": str(out), "resume": True})
     _assert_same_params(out, reference)
     ref_losses, losses = _losses(reference), _losses(out)

@@ -97,7 +97,7 @@ def main(args: dict) -> None:
     torch.manual_seed(0)
     model = CKBertForPreTraining(tiny_config())  # same init on every rank (seed 0)
     pcfg = ParallelConfig(strategy=args["strategy"], activation_checkpointing=args.get("ac", "none"),
-                          checkpoint_every=args.get("ac_every", 2))
+                          checkpoint_every=args.get("ac_every", 2), cpu_offload=args.get("cpu_offload", False))
     wrapped = parallelize(Step(model), pcfg, env)
     opt = torch.optim.AdamW(wrapped.parameters(), lr=3e-3, weight_decay=0.01)
     rows = text_rows(256)
