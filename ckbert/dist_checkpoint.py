@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -213,5 +214,8 @@ def load_full_model_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
             full[key] = torch.empty(md.size, dtype=md.properties.dtype)
     if not full:
         raise UserError("checkpoint holds no model tensors", path=ckpt)
-    dcp.load(full, storage_reader=HuggingFaceStorageReader(str(Path(ckpt) / SHARDED_DIR)), no_dist=True)
+    with warnings.catch_warnings():
+        # DCP warns that it loads "in a single process" even with no_dist=True: that is the intent here.
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(full, storage_reader=HuggingFaceStorageReader(str(Path(ckpt) / SHARDED_DIR)), no_dist=True)
     return {k[len("model."):]: v for k, v in full.items()}
