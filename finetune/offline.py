@@ -19,6 +19,7 @@ is one entity over its whole span.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import re
 from pathlib import Path
 
@@ -64,14 +65,14 @@ def load_sentiment(data_dir: Path | None, split: str, stats: dict[str, int]) -> 
                 rows[s].append(ClsExample(f"{name}:{n}", text, None, label))
         for s, examples in rows.items():
             per_class[s].append(examples)
-    # pos and neg alternate, so that any prefix (max_*_examples) stays balanced
-    by_split = {s: [ex for pair in zip(*lists, strict=False) for ex in pair] for s, lists in per_class.items()}
-    if split == "train":
-        return by_split["train"]
-    train_texts = {ex.text_a for ex in by_split["train"]}
-    out = [ex for ex in by_split[split] if ex.text_a not in train_texts]
-    stats[f"{split}_dropped_duplicate_of_train"] = len(by_split[split]) - len(out)
-    return out
+    train_texts = {ex.text_a for lists in per_class["train"] for ex in lists}
+    lists = per_class[split]
+    if split != "train":  # a dev/test review that also occurs in train could leak: drop it, counted
+        kept = [[ex for ex in examples if ex.text_a not in train_texts] for examples in lists]
+        stats[f"{split}_dropped_duplicate_of_train"] = sum(map(len, lists)) - sum(map(len, kept))
+        lists = kept
+    # pos and neg alternate, so that a prefix (max_*_examples) stays balanced
+    return [ex for pair in itertools.zip_longest(*lists) for ex in pair if ex is not None]
 
 
 def parse_pd_line(line: str, path: Path, lineno: int) -> tuple[str, list[tuple[str, int, int]]]:

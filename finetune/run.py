@@ -48,7 +48,8 @@ def main(argv: list[str]) -> int:
         random_init=args.random_init,
     )
     summary = {k: results[k] for k in ("task", "metric", "dev", "dev_mean", "dev_std") if k in results}
-    if "test" in results:
-        summary["test"] = results["test"]
+    for key in ("test", "majority_baseline"):
+        if key in results:
+            summary[key] = results[key]
     print(json.dumps(summary, ensure_ascii=False))
     return 0

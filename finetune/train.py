@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,16 @@ def load_splits(task: Any, data_dir: Path | None, cfg: FinetuneConfig, stats: di
             splits[split] = examples[:cap]
         stats[f"{split}_examples"] = len(splits[split])
     return splits
+
+
+def majority_baseline(splits: dict[str, list], test_has_labels: bool) -> dict[str, Any]:
+    """Accuracy (%) of always predicting the most frequent training label: the floor to beat."""
+    labels = Counter(ex.label for ex in splits["train"])
+    top = labels.most_common(1)[0][0]
+    out: dict[str, Any] = {"label": top}
+    for split in ("dev", "test") if test_has_labels and "test" in splits else ("dev",):
+        out[split] = 100.0 * sum(ex.label == top for ex in splits[split]) / len(splits[split])
+    return out
 
 
 def finetune(
@@ -119,6 +130,8 @@ def finetune(
     }
     if "test" in best:
         results["test"] = best["test"]
+    if task.kind == "classification":
+        results["majority_baseline"] = majority_baseline(splits, task.test_has_labels)
     if "test_predictions" in best and task.submission_name is not None:
         predict_file = out_dir / task.submission_name
         write_text(predict_file, task.submission(splits["test"], best["test_predictions"]))
