@@ -430,7 +430,7 @@ def run(cfg: PretrainConfig, resume: bool = False, world: World | None = None) -
                            f"({bad_in_a_row} in a row)")
                 if bad_in_a_row >= cfg.train.max_bad_steps:
                     log.close()
-                    raise RuntimeError(f"{bad_in_a_row} non-finite steps in a row at step {step + 1}; "
+                    raise UserError(f"{bad_in_a_row} non-finite steps in a row at step {step + 1}; "
                                        "lower optim.lr or use bf16/fp32")
                 continue
             bad_in_a_row = 0

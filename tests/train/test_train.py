@@ -168,3 +168,31 @@ def test_init_from_hf_folder(tmp_path, capsys, prepared, prepared_dir, micro_mod
     cfg_path = write_config(tmp_path / "bad.yaml", prepared_dir, micro_model_yaml, tmp_path / "o2")
     err = _error(capsys, ["pretrain", "--config", str(cfg_path), f"init_from={folder}"])
     assert "shape" in err or "mismatch" in err, err
+
+
+def test_non_finite_step_is_skipped():
+    """train_step makes no update when the loss is not finite, and says so."""
+    import contextlib
+
+    import torch
+
+    from ckbert.train import StepContext, train_step
+
+    class Terms(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3))
+
+        def forward(self, batch):
+            mlm = (self.w * batch["x"]).sum()
+            return {"mlm": mlm, "cmrm": self.w.sum() * 0.0}
+
+    fwd = Terms()
+    opt = torch.optim.AdamW(fwd.parameters(), lr=0.1)
+    ctx = StepContext(fwd, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+                      torch.amp.GradScaler("cpu", enabled=False), contextlib.nullcontext, 0.09, 1.0,
+                      list(fwd.parameters()))
+    bad = train_step(ctx, [{"x": torch.tensor([1.0, float("inf"), 0.0])}])
+    assert bad["skipped"] == 1.0 and torch.equal(fwd.w.detach(), torch.ones(3))
+    good = train_step(ctx, [{"x": torch.tensor([1.0, 2.0, 0.0])}])
+    assert good["skipped"] == 0.0 and not torch.equal(fwd.w.detach(), torch.ones(3))
