@@ -139,6 +139,6 @@ def load_pretrain_config(path: str | Path, overrides: list[str] | None = None) -
     data: dict[str, Any] = read_yaml(path)
     if overrides:
         data = apply_overrides(data, overrides)
-    cfg = load_dataclass(PretrainConfig, data, source=path)
-    # Relative paths in a recipe are relative to the working directory, like the CLI's own paths.
-    return cfg
+    # Relative paths in a recipe (data.prepared, out, init_from) are relative to the working
+    # directory, like the CLI's own paths.
+    return load_dataclass(PretrainConfig, data, source=path)
