@@ -60,6 +60,7 @@ ARMS: dict[str, tuple[str, dict[str, Any] | None]] = {
 METRICS: list[tuple[str, str, bool]] = [
     ("heldout_mlm_random_token", "held-out MLM loss, random-token masks", False),
     ("heldout_mlm_whole_word", "held-out MLM loss, whole-word masks", False),
+    ("heldout_mlm_lmlm", "held-out MLM loss, LMLM masks", False),
     ("sentiment_acc", "sentiment dev acc (%)", True),
     ("ner_f1", "PD NER dev F1 (%)", True),
     ("probe_seen_acc", "probe seen acc@1 (%)", True),
@@ -148,8 +149,12 @@ def initial_weights(seed: int, s: Settings, run_dir: Path) -> dict[str, Any]:
     return {"pretrain_s": 0.0, "own_eval_mlm": None, "own_eval_cmrm": None, "steps": 0}
 
 
+HELDOUT_MASKS = ("random_token", "whole_word", "lmlm")
+
+
 def heldout_mlm(hf_dir: Path, s: Settings) -> dict[str, float]:
-    """MLM loss of the exported model on the held-out rows under masks shared by every arm."""
+    """MLM loss of the exported model on the held-out rows under masks shared by every arm: one
+    mask set per strategy, so that no arm is only judged on the targets it was trained on."""
     import torch
     from ckbert.data_prep.dataset import open_prepared
     from ckbert.finetune.checkpoint import load_model
@@ -165,7 +170,7 @@ def heldout_mlm(hf_dir: Path, s: Settings) -> dict[str, float]:
     items = [(0, r, {k: cols[k][i] for k in cols}) for i, r in enumerate(rows)]
     model = load_model(AutoModelForMaskedLM, hf_dir).eval()
     out = {}
-    for strategy in ("random_token", "whole_word"):
+    for strategy in HELDOUT_MASKS:
         coll = PretrainCollator(tok, manifest, None, MaskingConfig(strategy=strategy), CMRMConfig(enabled=False),
                                 s.max_length, seed=20261128)
         total, count = 0.0, 0
@@ -227,6 +232,10 @@ def run_one(task: tuple[str, int, dict[str, Any], str]) -> dict[str, Any]:
     if done.is_file():
         prev = json.loads(done.read_text(encoding="utf-8"))
         if prev.get("settings_key") == s.key():
+            missing = [m for m in HELDOUT_MASKS if f"heldout_mlm_{m}" not in prev]
+            if missing and (run_dir / "hf").is_dir():  # finished by an older harness: add the new masks only
+                prev.update(heldout_mlm(run_dir / "hf", s))
+                done.write_text(json.dumps(prev, indent=1) + "\n", encoding="utf-8")
             return prev
     if run_dir.exists():  # an unfinished or differently configured run of this harness: start it again
         shutil.rmtree(run_dir)
@@ -313,7 +322,7 @@ def markdown(agg: dict, arms: list[str], seeds: list[int]) -> str:
                       "spread; `noise` = |difference| < 2 SE (a rough screen, not a significance test).", "",
                   "| metric | " + " | ".join(f"{y} − {x}" for x, y in pairs) + " |",
                   "| --- | " + " | ".join("---" for _ in pairs) + " |"]
-        for key, title, higher in METRICS[:8]:
+        for key, title, higher in METRICS[:9]:
             cells = []
             for x, y in pairs:
                 c = compare(agg, x, y, key)
@@ -321,7 +330,10 @@ def markdown(agg: dict, arms: list[str], seeds: list[int]) -> str:
                     cells.append("—")
                     continue
                 diff, se2 = c
-                verdict = "noise" if abs(diff) < se2 else ("better" if (diff > 0) == higher else "worse")
+                if se2 == 0:  # every seed gave the same value on both sides: the screen cannot say
+                    verdict = "equal" if diff == 0 else "no seed spread"
+                else:
+                    verdict = "noise" if abs(diff) < se2 else ("better" if (diff > 0) == higher else "worse")
                 cells.append(f"{diff:+.3f} (2SE {se2:.3f}, {verdict})")
             lines.append(f"| {title} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -372,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
 
     plot_loss_curves({a: [out / "runs" / f"{a}-seed{sd}" / "metrics.jsonl" for sd in args.seeds]
                       for a in args.arms if a != "r"}, {a: ARMS[a][0] for a in args.arms}, out / "loss_curves.png")
-    plot_ablation_metrics(agg, {a: ARMS[a][0] for a in args.arms}, [(k, t) for k, t, _ in METRICS[:8]],
+    plot_ablation_metrics(agg, {a: ARMS[a][0] for a in args.arms}, [(k, t) for k, t, _ in METRICS[:9]],
                           out / "ablation_metrics.png")
     print(md)
     print(f"wall {record['wall_s']:.0f} s; wrote {out / 'results.md'}, {out / 'loss_curves.png'}, "

@@ -103,6 +103,10 @@ def throughput_series(record: dict[str, Any]) -> list[tuple[str, str, float]]:
         for r in record["dataloader"]:
             bars.append(("DataLoader steady batches/s", f"{r['collator']}, {r['workers']} workers",
                          r["steady_batches_per_s"]))
+    if isinstance(record.get("sizes"), list) and record["sizes"] and "ours_tokens_per_s" in record["sizes"][0]:
+        for r in record["sizes"]:  # bench/train_step.py
+            bars.append(("training step tokens/s", f"{r['size']}: ckbert LMLM + CMRM", r["ours_tokens_per_s"]))
+            bars.append(("training step tokens/s", f"{r['size']}: HF BertForMaskedLM", r["hf_tokens_per_s"]))
     return bars
 
 
@@ -123,7 +127,7 @@ def plot_throughput(records: list[dict[str, Any]], out: Path) -> Path:
         ax.set_title(group, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
         ax.set_xlim(0, max(v for _, v in mine if not math.isnan(v)) * 1.2)
-    machine = records[0].get("machine", {})
+    machine = next((r["machine"] for r in records if "machine" in r), {})
     fig.suptitle(f"{machine.get('cpu_count')} CPUs, GPU: {machine.get('gpu') or 'none'}, "
                  f"{machine.get('date_utc', '')} UTC, load avg at start {machine.get('load_avg_start')}", fontsize=8)
     fig.tight_layout()

@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             if proc.returncode != 0:
                 failed.append(name)
         record["sections"].append(entry)
-    found = [json.loads(f.read_text(encoding="utf-8")) for f in [out / "collator_speed.json"] if f.is_file()]
+    found = [json.loads(f.read_text(encoding="utf-8")) for f in (out / "collator_speed.json", out / "train_step.json")
+             if f.is_file()]
     if found:
         from plots import plot_throughput
 

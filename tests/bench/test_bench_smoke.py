@@ -66,7 +66,7 @@ def test_ablation_smoke(bench_module, small_prepared, tmp_path):
     rec = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert [(r["arm"], r["seed"]) for r in rec["runs"]] == [("a", 0), ("d", 0), ("r", 0)]
     for r in rec["runs"]:
-        for key in ("heldout_mlm_random_token", "heldout_mlm_whole_word"):
+        for key in ("heldout_mlm_random_token", "heldout_mlm_whole_word", "heldout_mlm_lmlm"):
             assert 0 < r[key] < 2 * math.log(8000), (key, r[key])  # a finite cross-entropy near log(V)
         assert 0 <= r["sentiment_acc"] <= 100 and 0 <= r["ner_f1"] <= 100
         assert 0 <= r["probe_seen_acc"] <= 100 and 0 <= r["probe_held_out_acc"] <= 100
