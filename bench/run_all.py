@@ -1,6 +1,6 @@
 """Run every benchmark question of bench/ in turn, from a fresh clone.
 
-    python bench/run_all.py --out runs/bench                 # full sizes (about an hour on 2 CPU cores)
+    python bench/run_all.py --out runs/bench                 # full sizes (over an hour on a shared 2-core CPU)
     python bench/run_all.py --out runs/bench --smoke         # CI sizes, a minute or two
     python bench/run_all.py --out runs/bench --only collator gpu
 
