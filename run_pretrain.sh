@@ -39,7 +39,7 @@ fi
 if [ ! -f "$DEMO/prepared/manifest.json" ]; then
   stamp "preparing the corpus (pre-tagged People's Daily, CMeKG, WordPiece vocabulary built on the corpus)"
   $CKBERT prepare --corpus "$DEMO/data/people_daily.txt" --format pretagged --annotator pretagged \
-    --kg "$DEMO/data/kg.tsv" --build-vocab --seq-len 126 --out "$DEMO/prepared" --quiet
+    --kg "$DEMO/data/kg.tsv" --kg-inverse-edges --build-vocab --seq-len 126 --out "$DEMO/prepared" --quiet
 fi
 
 run="$DEMO/pretrain"

@@ -11,6 +11,8 @@ import numpy as np
 from ckbert.data_prep.kg_store import KGStore, build_store_from_file
 from ckbert.data_prep.readers import Tally, check_input_file
 
+from ckbert.errors import UserError
+
 
 def summarise(store: KGStore) -> dict:
     deg = store.degrees()
@@ -27,6 +29,8 @@ def summarise(store: KGStore) -> dict:
         "bytes": nbytes,
         "bytes_per_triple": nbytes / max(store.num_triples, 1),
         "skipped": store.meta.get("skipped", {}),
+        "inverse_edges": store.inverse_edges,
+        "triples_before_inverse": store.meta["inverse"]["triples_before"] if store.inverse_edges else store.num_triples,
         "fingerprint": store.fingerprint,
     }
 
@@ -35,15 +39,21 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="ckbert kg-stats", description=__doc__)
     p.add_argument("kg", type=Path, help="a KG store folder, or a .tsv/.csv triples file")
     p.add_argument("--kg-format", choices=("tsv", "csv"), default=None)
+    p.add_argument("--kg-inverse-edges", action="store_true",
+                   help="when building from triples: also store every triple reversed (as `ckbert prepare` does)")
     p.add_argument("--json", action="store_true", help="print JSON")
     args = p.parse_args(argv)
     if args.kg.is_dir():
-        stats = summarise(KGStore.open(args.kg))
+        store = KGStore.open(args.kg)
+        if args.kg_inverse_edges and not store.inverse_edges:
+            raise UserError("--kg-inverse-edges: this KG store was built without inverse edges", path=args.kg)
+        stats = summarise(store)
     else:
         check_input_file(args.kg)
         with tempfile.TemporaryDirectory() as tmp:
             tally = Tally()
-            store = build_store_from_file(args.kg, args.kg_format, Path(tmp) / "kg", tally=tally)
+            store = build_store_from_file(args.kg, args.kg_format, Path(tmp) / "kg", tally=tally,
+                                          inverse_edges=args.kg_inverse_edges)
             stats = summarise(store)
             del store
     if args.json:
@@ -54,6 +64,10 @@ def main(argv: list[str]) -> int:
           f"descriptions {stats['descriptions']}")
     print(f"out-degree: mean {d['mean']:.2f}, median {d['p50']:.0f}, p90 {d['p90']:.0f}, p99 {d['p99']:.0f}, "
           f"max {d['max']}; {stats['entities_with_out_edges']} entities have out-edges")
+    if stats["inverse_edges"]:
+        print(f"inverse edges: yes ({stats['triples_before_inverse']} triples before, {stats['triples']} after)")
+    else:
+        print("inverse edges: no (out-edges only)")
     print(f"store size {stats['bytes']:,} bytes, {stats['bytes_per_triple']:.1f} bytes per triple")
     print("skipped: " + (", ".join(f"{k} {v}" for k, v in stats["skipped"].items()) or "nothing"))
     return 0

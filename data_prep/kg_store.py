@@ -13,6 +13,10 @@ rank maps the same pages and nothing is unpickled):
 as OwnThink's `实体,属性,值`) with Arrow's CSV reader, counts and drops bad rows (wrong column count,
 empty name, self-loop, duplicate) and writes the folder atomically (temp name + rename);
 `iter_triples` + `build_store` is the line-by-line Python path with the same result.
+
+`inverse_edges=True` also stores every kept triple (h, r, t) reversed as (t, r + INVERSE_SUFFIX, h),
+so that the out-edge CSR (and the hop sampling over it) walks both directions: an entity that only
+ever appears as a tail then has 1-hop facts. It is recorded in meta.json and in the fingerprint.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from ckbert.data_prep.readers import Tally, check_input_file, read_lines
 from ckbert.errors import UserError
 
 FORMAT_VERSION = 1
+INVERSE_SUFFIX = "_inv"
 _ARRAYS = (
     "entity_offsets", "entity_bytes", "entity_sorted", "relation_offsets", "relation_bytes",
     "indptr", "rel", "tail", "desc_offsets", "desc_bytes",
@@ -80,9 +85,11 @@ def build_store(
     source: str,
     tally: Tally,
     desc_relation: str | None = None,
+    inverse_edges: bool = False,
 ) -> KGStore:
     """Build the store folder `out_dir` from (head, relation, tail) tuples (already validated, e.g. by
-    `iter_triples`); triples of `desc_relation` become descriptions."""
+    `iter_triples`); triples of `desc_relation` become descriptions; `inverse_edges` also stores each
+    triple reversed (see the module docstring)."""
     import pyarrow as pa
 
     heads, rels, tails = [], [], []
@@ -93,11 +100,13 @@ def build_store(
     if not heads:
         raise UserError("no valid triples (expected head<TAB>relation<TAB>tail lines, or CSV with a header)", path=source)
     col = lambda x: pa.array(x, type=pa.large_string())
-    return _build(col(heads), col(rels), col(tails), out_dir, source=source, tally=tally, desc_relation=desc_relation)
+    return _build(col(heads), col(rels), col(tails), out_dir, source=source, tally=tally, desc_relation=desc_relation,
+                  inverse_edges=inverse_edges)
 
 
 def build_store_from_file(
-    path: Path, fmt: str | None, out_dir: Path, *, tally: Tally, desc_relation: str | None = None
+    path: Path, fmt: str | None, out_dir: Path, *, tally: Tally, desc_relation: str | None = None,
+    inverse_edges: bool = False,
 ) -> KGStore:
     """Fast path of `build_store(iter_triples(path, ...))` with the same result: Arrow's C++ CSV reader
     parses the file and Arrow kernels do the name -> id mapping (10M triples in well under 3 minutes)."""
@@ -150,7 +159,8 @@ def build_store_from_file(
         h, r, t = h.filter(keep), r.filter(keep), t.filter(keep)
     if len(h) == 0:
         raise UserError("no valid triples (expected head<TAB>relation<TAB>tail lines, or CSV with a header)", path=path)
-    return _build(h, r, t, out_dir, source=str(path), tally=tally, desc_relation=desc_relation)
+    return _build(h, r, t, out_dir, source=str(path), tally=tally, desc_relation=desc_relation,
+                  inverse_edges=inverse_edges)
 
 
 def _string_arrays(arr) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +174,38 @@ def _string_arrays(arr) -> tuple[np.ndarray, np.ndarray]:
     return (offsets - offsets[0]).astype(np.int64), data
 
 
-def _build(h, r, t, out_dir: Path, *, source: str, tally: Tally, desc_relation: str | None) -> KGStore:
+def _sort_dedup(hi: np.ndarray, ri: np.ndarray, ti: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Sort edges by (head, relation, tail), the CSR order, and drop exact repeats; returns the count dropped."""
+    order = np.lexsort((ti, ri, hi))
+    hi, ri, ti = hi[order], ri[order], ti[order]
+    del order
+    dup = np.zeros(len(hi), dtype=bool)
+    dup[1:] = (hi[1:] == hi[:-1]) & (ri[1:] == ri[:-1]) & (ti[1:] == ti[:-1])
+    n_dup = int(dup.sum())
+    if n_dup:
+        keep = ~dup
+        hi, ri, ti = hi[keep], ri[keep], ti[keep]
+    return hi, ri, ti, n_dup
+
+
+def _add_inverse(hi: np.ndarray, ri: np.ndarray, ti: np.ndarray, rel_names):
+    """Append (t, r_inv, h) for every edge; relation ids are renumbered into the sorted union of the
+    forward names and the `_inv` names (a forward name that already ends in `_inv` may coincide with
+    an inverse name: then both directions share that relation id)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    inv_names = pa.array([n + INVERSE_SUFFIX for n in rel_names.to_pylist()], type=rel_names.type)  # R is small
+    names = pc.unique(pa.concat_arrays([rel_names, inv_names]))
+    names = names.take(pc.sort_indices(names))
+    fwd = pc.index_in(rel_names, value_set=names).to_numpy().astype(np.int32)
+    inv = pc.index_in(inv_names, value_set=names).to_numpy().astype(np.int32)
+    return (np.concatenate([hi, ti]), np.concatenate([fwd[ri], inv[ri]]), np.concatenate([ti, hi]), names)
+
+
+def _build(
+    h, r, t, out_dir: Path, *, source: str, tally: Tally, desc_relation: str | None, inverse_edges: bool = False
+) -> KGStore:
     """Arrow string columns -> store. Entity ids follow name byte order, so `entity_sorted` is the identity."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -194,16 +235,17 @@ def _build(h, r, t, out_dir: Path, *, source: str, tally: Tally, desc_relation: 
         for k in first.tolist():
             descs[int(dh[k])] = desc_t[k].as_py()
     E = len(ents)
-    order = np.lexsort((ti, ri, hi))  # by head, then relation, then tail: CSR order and dedup in one sort
-    hi, ri, ti = hi[order], ri[order], ti[order]
-    del order
-    dup = np.zeros(len(hi), dtype=bool)
-    dup[1:] = (hi[1:] == hi[:-1]) & (ri[1:] == ri[:-1]) & (ti[1:] == ti[:-1])
-    n_dup = int(dup.sum())
+    hi, ri, ti, n_dup = _sort_dedup(hi, ri, ti)
     if n_dup:
         tally.skip("kg_duplicate", str(source), n_dup)
-        keep = ~dup
-        hi, ri, ti = hi[keep], ri[keep], ti[keep]
+    inverse = None
+    if inverse_edges:
+        # Reverse edges that equal a stored edge (the input already had both directions under the
+        # `_inv` name) are merged, not counted as skipped input: they are reported in meta.json.
+        before = len(hi)
+        hi, ri, ti, rel_names = _add_inverse(hi, ri, ti, rel_names)
+        hi, ri, ti, merged = _sort_dedup(hi, ri, ti)
+        inverse = {"triples_before": before, "triples_after": len(hi), "merged": merged}
     indptr = np.zeros(E + 1, dtype=np.int64)
     np.cumsum(np.bincount(hi, minlength=E), out=indptr[1:])
     del hi
@@ -217,10 +259,13 @@ def _build(h, r, t, out_dir: Path, *, source: str, tally: Tally, desc_relation: 
         desc_list[i] = d
     arrays["desc_offsets"], arrays["desc_bytes"] = _string_arrays(pa.array(desc_list, type=pa.large_string()))
     del desc_list
-    return _write(arrays, out_dir, E=E, R=len(rel_names), T=len(ti), n_desc=len(descs), source=source, tally=tally)
+    return _write(arrays, out_dir, E=E, R=len(rel_names), T=len(ti), n_desc=len(descs), source=source, tally=tally,
+                  inverse=inverse)
 
 
-def _write(arrays: dict, out_dir: Path, *, E: int, R: int, T: int, n_desc: int, source: str, tally: Tally) -> KGStore:
+def _write(
+    arrays: dict, out_dir: Path, *, E: int, R: int, T: int, n_desc: int, source: str, tally: Tally, inverse: dict | None
+) -> KGStore:
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
@@ -231,6 +276,10 @@ def _write(arrays: dict, out_dir: Path, *, E: int, R: int, T: int, n_desc: int, 
         np.save(tmp / f"{name}.npy", arrays[name])
         digest.update(name.encode())
         digest.update(_file_sha256(tmp / f"{name}.npy").encode())
+    if inverse is not None:
+        # The option is part of the identity even where the arrays could coincide; a store built
+        # without it keeps the fingerprint it had before the option existed.
+        digest.update(b"inverse_edges")
     meta = {
         "format_version": FORMAT_VERSION,
         "entities": E,
@@ -240,7 +289,10 @@ def _write(arrays: dict, out_dir: Path, *, E: int, R: int, T: int, n_desc: int, 
         "fingerprint": digest.hexdigest(),
         "source": str(source),
         "skipped": {k: v for k, v in tally.skipped.items() if k.startswith("kg_")},
+        "inverse_edges": inverse is not None,
     }
+    if inverse is not None:
+        meta["inverse"] = {"suffix": INVERSE_SUFFIX, **inverse}
     (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -298,6 +350,11 @@ class KGStore:
     @property
     def num_triples(self) -> int:
         return int(self.meta["triples"])
+
+    @property
+    def inverse_edges(self) -> bool:
+        """Whether every triple is also stored reversed (stores from before the option: False)."""
+        return bool(self.meta.get("inverse_edges", False))
 
     @property
     def fingerprint(self) -> str:

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kg", type=Path, required=True, help="KG triples (.tsv or .csv with a header) or a KG store folder")
     p.add_argument("--kg-format", choices=("tsv", "csv"), default=None, help="default: from the file suffix")
     p.add_argument("--kg-desc-relation", default=None, help="relation whose tail is the head's description")
+    p.add_argument("--kg-inverse-edges", action="store_true",
+                   help="also store every triple reversed as (tail, <relation>_inv, head), so hop sampling walks "
+                        "both directions (entities seen only as tails get 1-hop facts)")
     p.add_argument("--out", type=Path, required=True, help="output folder (its parent must exist)")
     p.add_argument("--annotator", choices=ANNOTATORS, default="jieba")
     p.add_argument("--ltp-model", default=None, help="LTP 4.2 model folder (with config.json) or hub id")
@@ -103,6 +106,9 @@ def _identity(args: argparse.Namespace) -> dict:
     ident["kg"] = str(args.kg.resolve())
     ident["tokenizer"] = str(args.tokenizer.resolve()) if args.tokenizer else None
     ident["stop_list"] = str(args.stop_list.resolve()) if args.stop_list else None
+    if args.kg_inverse_edges:
+        # Only when set, so that runs started before the option existed still resume / stay complete.
+        ident["kg_inverse_edges"] = True
     return ident
 
 
@@ -114,6 +120,9 @@ def _prepare_kg(args: argparse.Namespace, out: Path, tally: Tally) -> kg_store.K
         return store
     if args.kg.is_dir():
         src = kg_store.KGStore.open(args.kg)
+        if args.kg_inverse_edges and not src.inverse_edges:
+            raise UserError("--kg-inverse-edges: this KG store was built without inverse edges; pass the triples "
+                            "file instead (or rebuild the store with the option)", path=args.kg)
         tmp = out / "kg.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -122,7 +131,8 @@ def _prepare_kg(args: argparse.Namespace, out: Path, tally: Tally) -> kg_store.K
         tally.skipped.update(src.meta.get("skipped", {}))
         return kg_store.KGStore.open(kg_dir)
     check_input_file(args.kg)
-    return kg_store.build_store_from_file(args.kg, args.kg_format, kg_dir, tally=tally, desc_relation=args.kg_desc_relation)
+    return kg_store.build_store_from_file(args.kg, args.kg_format, kg_dir, tally=tally, desc_relation=args.kg_desc_relation,
+                                          inverse_edges=args.kg_inverse_edges)
 
 
 def _vocab_texts(args: argparse.Namespace):
@@ -292,7 +302,8 @@ def main(argv: list[str]) -> int:
             "sdp_token_id": tokenizer.convert_tokens_to_ids("[sdp]"),
         },
         "kg": {"fingerprint": store.fingerprint, "entities": store.num_entities, "relations": store.num_relations,
-               "triples": store.num_triples},
+               "triples": store.num_triples, "inverse_edges": store.inverse_edges,
+               **({"triples_before_inverse": store.meta["inverse"]["triples_before"]} if store.inverse_edges else {})},
         "seq_len": args.seq_len,
         "pos_tags": list(annotator.pos_tags),
         "dep_labels": list(annotator.dep_labels) if "dep" in annotator.provides else [],
@@ -327,7 +338,8 @@ def _summary(m: dict, elapsed: float, t_setup: float, t_shards: float, new_chars
         f"{c['sentences_with_mention'] / sents:.1%} of sentences have one)",
         f"  KG coverage: {c['linked_entities']} of {m['kg']['entities']} entities linked at least once "
         f"({c['linked_entities'] / max(m['kg']['entities'], 1):.2%}); KG {m['kg']['triples']} triples, "
-        f"{m['kg']['relations']} relations",
+        f"{m['kg']['relations']} relations"
+        + (f" (with inverse edges; {m['kg']['triples_before_inverse']} triples before)" if m["kg"]["inverse_edges"] else ""),
         f"  arcs: dep {c['dep_arcs']}, sdp {c['sdp_arcs']}",
     ]
     if c["skipped"]:

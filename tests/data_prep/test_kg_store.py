@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 
 import numpy as np
@@ -169,3 +170,102 @@ def test_damaged_store(tmp_path, store):
     (bad / "tail.npy").unlink()
     with pytest.raises(UserError, match="missing tail.npy"):
         KGStore.open(bad)
+
+
+@pytest.fixture(scope="module")
+def inv_store(tmp_path_factory, kg_tsv):
+    return build_store_from_file(kg_tsv, None, tmp_path_factory.mktemp("inv") / "kg", tally=Tally(), inverse_edges=True)
+
+
+def test_inverse_edges_give_tail_only_entities_facts(store, inv_store, cmekg_triples):
+    rng = np.random.default_rng(0)
+    heads_of = defaultdict(set)
+    for h, r, t in cmekg_triples:
+        heads_of[t].add((f"{r}_inv", h))
+    tail_only = [n for n in heads_of if store.lookup(n) is not None and len(store.neighbors(store.lookup(n))[1]) == 0]
+    assert len(tail_only) > 50, "the CMeKG slice should have many tail-only entities"
+    for name in tail_only[:100]:
+        i, j = store.lookup(name), inv_store.lookup(name)
+        assert sample_positive(store, i, rng) is None
+        rel, tail = inv_store.neighbors(j)
+        got = {(inv_store.relation_name(int(r)), inv_store.entity_name(int(t))) for r, t in zip(rel, tail, strict=True)}
+        assert got == heads_of[name]
+        r, t = sample_positive(inv_store, j, rng)
+        assert (inv_store.relation_name(r), inv_store.entity_name(t)) in heads_of[name]
+    # forward facts are all still there, entity ids unchanged
+    assert inv_store.num_entities == store.num_entities
+    for i in range(0, store.num_entities, 97):
+        fwd = {(store.relation_name(int(r)), int(t)) for r, t in zip(*store.neighbors(i), strict=True)}
+        both = {(inv_store.relation_name(int(r)), int(t)) for r, t in zip(*inv_store.neighbors(i), strict=True)}
+        assert fwd <= both and all(n.endswith("_inv") for n, _ in both - fwd)
+
+
+def test_inverse_edges_counted_and_fingerprinted(tmp_path, store, inv_store, kg_tsv):
+    meta = inv_store.meta
+    assert meta["inverse_edges"] is True and store.meta["inverse_edges"] is False
+    assert inv_store.inverse_edges and not store.inverse_edges
+    assert meta["inverse"]["triples_before"] == store.num_triples
+    assert meta["inverse"]["triples_after"] == inv_store.num_triples == 2 * store.num_triples - meta["inverse"]["merged"]
+    names = {inv_store.relation_name(r) for r in range(inv_store.num_relations)}
+    assert names == {store.relation_name(r) for r in range(store.num_relations)} | {
+        store.relation_name(r) + "_inv" for r in range(store.num_relations)}
+    assert inv_store.fingerprint != store.fingerprint
+    assert KGStore.open(inv_store.path).fingerprint == inv_store.fingerprint
+    tally = Tally()
+    slow = build_store(iter_triples(kg_tsv, None, tally), tmp_path / "kg", source=str(kg_tsv), tally=tally,
+                       inverse_edges=True)
+    assert slow.fingerprint == inv_store.fingerprint
+
+
+def test_inverse_negatives_exclude_hop1(inv_store):
+    rng = np.random.default_rng(1)
+    checked = 0
+    for i in range(0, inv_store.num_entities, 7):
+        hop1, far = _hops(inv_store, i)
+        if not far:
+            continue
+        negs = sample_negatives(inv_store, i, 8, rng)
+        assert negs and set(negs) <= far and not set(negs) & hop1 and i not in negs
+        checked += 1
+        if checked == 40:
+            break
+    assert checked == 40
+
+
+def test_inverse_edges_bad_input_and_merge(tmp_path, cmekg_triples):
+    (h, r, t), (h2, r2, t2) = cmekg_triples[0], cmekg_triples[1]
+    path = tmp_path / "kg.tsv"
+    path.write_text(
+        f"{h}\t{r}\t{t}\n{h}\t{r}\t{t}\n"  # duplicate
+        f"{h2}\t{r2}\n"  # wrong number of columns
+        f"\t{r2}\t{t2}\n"  # empty name
+        f"{h2}\t{r2}\t{h2}\n"  # self-loop
+        f"{t}\t{r}_inv\t{h}\n",  # the input already holds the reverse of the first triple
+        encoding="utf-8",
+    )
+    for fast in (False, True):
+        tally = Tally()
+        if fast:
+            s = build_store_from_file(path, None, tmp_path / "kg", tally=tally, inverse_edges=True)
+        else:
+            s = build_store(iter_triples(path, None, tally), tmp_path / "kg", source=str(path), tally=tally,
+                            inverse_edges=True)
+        assert dict(tally.skipped) == {"kg_bad_columns": 1, "kg_empty_name": 1, "kg_self_loop": 1, "kg_duplicate": 1}
+        # 2 kept triples -> 4 edges, of which (t, r_inv, h) twice and (h, r_inv_inv, t) once
+        assert s.meta["inverse"] == {"suffix": "_inv", "triples_before": 2, "triples_after": 3, "merged": 1}
+        assert s.num_triples == 3
+        assert {s.relation_name(x) for x in range(s.num_relations)} == {r, f"{r}_inv", f"{r}_inv_inv"}
+
+
+def test_kg_stats_reports_inverse(store, inv_store, kg_tsv, capsys):
+    assert kg_stats.main([str(inv_store.path)]) == 0
+    out = capsys.readouterr().out
+    assert f"inverse edges: yes ({store.num_triples} triples before, {inv_store.num_triples} after)" in out
+    assert kg_stats.main([str(store.path)]) == 0
+    assert "inverse edges: no" in capsys.readouterr().out
+    assert kg_stats.main([str(kg_tsv), "--kg-inverse-edges", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["inverse_edges"] and stats["triples"] == inv_store.num_triples
+    assert stats["entities_with_out_edges"] == inv_store.num_entities
+    with pytest.raises(UserError, match="built without inverse edges"):
+        kg_stats.main([str(store.path), "--kg-inverse-edges"])

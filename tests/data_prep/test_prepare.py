@@ -213,3 +213,29 @@ def test_demo_data(tmp_path, sources, capsys):
     assert info["kg"]["triples"] > 900_000
     first = (out / "kg.tsv").open(encoding="utf-8").readline().rstrip("\n").split("\t")
     assert len(first) == 3
+
+
+def test_kg_inverse_edges_option(tmp_path, prepared, pd_file, kg_tsv, capsys):
+    import numpy as np
+    from ckbert.data_prep.kg_store import sample_positive
+
+    out = tmp_path / "inv"
+    assert cli(_args(pd_file, kg_tsv, out, *PRETAGGED, "--workers", "1", "--kg-inverse-edges")) == 0
+    assert "with inverse edges" in capsys.readouterr().out
+    m_fwd, ds_fwd, kg_fwd, _ = open_prepared(prepared)
+    m_inv, ds_inv, kg_inv, _ = open_prepared(out)
+    assert m_inv["kg"]["inverse_edges"] is True and m_fwd["kg"]["inverse_edges"] is False
+    assert m_inv["kg"]["triples_before_inverse"] == kg_fwd.num_triples < kg_inv.num_triples == m_inv["kg"]["triples"]
+    assert m_inv["kg"]["fingerprint"] != m_fwd["kg"]["fingerprint"]
+    # entity ids do not depend on the option, so the rows are the same; only the graph behind them grows
+    assert ds_inv.to_dict() == ds_fwd.to_dict()
+    rng = np.random.default_rng(0)
+    ents = [e for row in ds_fwd["ent_id"] for e in row]
+    with_fwd = sum(sample_positive(kg_fwd, e, rng) is not None for e in ents)
+    with_inv = sum(sample_positive(kg_inv, e, rng) is not None for e in ents)
+    assert with_inv == len(ents) > with_fwd
+    # the option is part of the run identity, and a prebuilt store must have been built with it
+    assert cli(_args(pd_file, kg_tsv, out, *PRETAGGED, "--workers", "1")) == 2
+    assert "different settings (kg_inverse_edges)" in capsys.readouterr().err
+    assert cli(_args(pd_file, prepared / "kg", tmp_path / "inv2", *PRETAGGED, "--kg-inverse-edges")) == 2
+    assert "built without inverse edges" in capsys.readouterr().err
