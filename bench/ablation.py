@@ -226,7 +226,15 @@ def run_one(task: tuple[str, int, dict[str, Any], str]) -> dict[str, Any]:
     import torch
 
     s = Settings(**settings)
+    threads = torch.get_num_threads()
     torch.set_num_threads(s.threads)
+    try:
+        return _run_one(arm, seed, s, Path(out))
+    finally:  # --jobs 1 runs in the caller's process (and in the tests): leave its setting as it was
+        torch.set_num_threads(threads)
+
+
+def _run_one(arm: str, seed: int, s: Settings, out: Path) -> dict[str, Any]:
     run_dir = Path(out) / "runs" / f"{arm}-seed{seed}"
     done = run_dir / "result.json"
     if done.is_file():

@@ -61,8 +61,10 @@ def test_hf_features_mark_the_same_words(bench_module, small_prepared):
 def test_ablation_smoke(bench_module, small_prepared, tmp_path):
     bench = bench_module("ablation")
     out = tmp_path / "ablation"
+    threads = torch.get_num_threads()
     assert bench.main(["--prepared", str(small_prepared), "--out", str(out), "--smoke", "--jobs", "1",
                        "--arms", "a", "d", "r", "--seeds", "0"]) == 0
+    assert torch.get_num_threads() == threads  # in-process runs leave the caller's thread setting alone
     rec = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert [(r["arm"], r["seed"]) for r in rec["runs"]] == [("a", 0), ("d", 0), ("r", 0)]
     for r in rec["runs"]:
