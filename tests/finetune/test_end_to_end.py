@@ -135,3 +135,13 @@ def test_majority_baseline_reported_for_classification(tiny_model, fixtures, tmp
     base = json.loads((tmp_path / "results.json").read_text())["majority_baseline"]
     # train labels 1,1,0,0,1,0: a tie, Counter keeps the first seen ("1"); dev labels 1,1,0,0
     assert base == {"label": "1", "dev": 50.0}
+
+
+def test_ner_labels_and_decoding_line_up(tiny_model, fixtures, tmp_path):
+    """Overfit the CLUENER fixture (its dev lines are training lines): exact spans come back only if
+    tags, word ids and decoding line up."""
+    rc = finetune_main(["--task", "cluener", "--model", str(tiny_model), "--data", str(fixtures / "cluener"),
+                        "--out", str(tmp_path), "max_steps=40", "eval_steps=40", "max_length=64", "batch_size=5",
+                        "learning_rate=0.005", "warmup=0"])
+    assert rc == 0
+    assert json.loads((tmp_path / "results.json").read_text())["dev"]["f1"] == 100.0
