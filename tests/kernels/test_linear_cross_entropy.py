@@ -45,7 +45,12 @@ def test_loss_and_gradients(m, h, v, chunk, dtype, smoothing, with_bias, assert_
     ref = torch.autograd.grad(loss_ref * 2.5, leaves)
     exact = torch.autograd.grad(loss_ex * 2.5, leaves_ex)
     for name, a, b, c in zip(["dhidden", "dweight", "dbias"], got, ref, exact, strict=False):
-        assert_close_to_exact(a, b, c, name)
+        # dhidden = dlogits @ weight sums V products: the kernel's dlogits (online softmax, its own
+        # rounding) and the GEMM's blocking (which depends on the BLAS thread count) differ from the
+        # reference's, and such rounding differences grow like sqrt(V) ulps in a length-V fp32 sum.
+        # The reference's own error can be luckily small, so the ulps floor scales with sqrt(V).
+        ulps = 4.0 * max(1.0, v**0.5) if name == "dhidden" else 4.0
+        assert_close_to_exact(a, b, c, name, ulps=ulps)
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
