@@ -76,7 +76,7 @@ METRICS: list[tuple[str, str, bool]] = [
 class Settings:
     prepared: str
     model: str = "tiny"
-    # Sized for a shared 2-core CPU (docs/results.md): ~24k training tokens per arm, far below what
+    # Sized for a shared 2-core CPU (docs/results.md): ~16k training tokens per arm, far below what
     # separates objectives in the paper; raise --steps/--batch-size on a quieter or bigger machine.
     steps: int = 50
     batch_size: int = 8
