@@ -50,28 +50,6 @@ def sections(out: Path, prepared: Path, smoke: bool) -> dict[str, list[str] | No
     return s
 
 
-def write_inverse_kg(kg_tsv: Path, out: Path) -> int:
-    """kg.tsv plus every triple reversed, relation renamed `<relation>_inv`; -> triples written.
-
-    The KG store keeps out-edges only, and the People's Daily words that link to CMeKG are mostly
-    CMeKG *objects* (a medical graph's tails), which have no out-edges and no description: with
-    the plain graph, CMRM finds a positive for about 1 mention in 500 rows and arm (d) would be
-    arm (c). With the inverse edges those mentions get 1-hop facts and 2..3-hop negatives."""
-    n = 0
-    tmp = out.with_name(out.name + ".tmp")
-    with open(kg_tsv, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
-        for line in src:
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) != 3:  # prepare reports malformed lines of kg.tsv itself; copy them as they are
-                dst.write(line)
-                continue
-            h, r, t = parts
-            dst.write(f"{h}\t{r}\t{t}\n{t}\t{r}_inv\t{h}\n")
-            n += 2
-    tmp.replace(out)
-    return n
-
-
 def ensure_demo(out: Path) -> Path:
     """OUT/demo (`ckbert demo-data`), built when absent."""
     demo = out / "demo"
@@ -81,16 +59,17 @@ def ensure_demo(out: Path) -> Path:
 
 
 def ensure_demo_data(out: Path, seq_len: int) -> Path:
-    """OUT/demo (ckbert demo-data), OUT/demo/kg_inv.tsv and OUT/prepared-<seq_len> (ckbert prepare),
-    each built when absent."""
+    """OUT/demo (ckbert demo-data) and OUT/prepared-<seq_len> (ckbert prepare), each built when absent.
+
+    The KG store gets CMeKG's inverse edges (`--kg-inverse-edges`): the People's Daily words that
+    link to CMeKG are mostly objects of its triples, which have no out-edges, so without them CMRM
+    finds a positive for about 1 mention in 500 rows and arm (d) of the ablation would be arm (c)."""
     demo = ensure_demo(out)
     prepared = out / f"prepared-{seq_len}"
     ckbert = [sys.executable, "-m", "ckbert.cli"]
-    if not (demo / "kg_inv.tsv").is_file():
-        write_inverse_kg(demo / "kg.tsv", demo / "kg_inv.tsv")
     if not (prepared / "manifest.json").is_file():
         subprocess.run(ckbert + ["prepare", "--corpus", str(demo / "people_daily.txt"), "--format", "pretagged",
-                                 "--annotator", "pretagged", "--kg", str(demo / "kg_inv.tsv"), "--out", str(prepared),
+                                 "--annotator", "pretagged", "--kg", str(demo / "kg.tsv"), "--kg-inverse-edges", "--out", str(prepared),
                                  "--build-vocab", "--vocab-size", "8000", "--seq-len", str(seq_len), "--quiet"],
                        check=True)
     return prepared
