@@ -133,9 +133,9 @@ def initial_weights(seed: int, s: Settings, run_dir: Path) -> dict[str, Any]:
     """The reference arm: the model every arm starts from with this seed (train.run seeds torch the
     same way before building the model), exported without any training."""
     import torch
-    from ckbert.data_prep.dataset import open_prepared
 
     from ckbert.checkpoint import model_state_for_saving
+    from ckbert.data_prep.dataset import open_prepared
     from ckbert.hf_io import CardInfo, export_hf_folder
     from ckbert.model import CKBertForPreTraining
     from ckbert.model_config import load_model_config, resolve_vocab_size
@@ -156,11 +156,11 @@ def heldout_mlm(hf_dir: Path, s: Settings) -> dict[str, float]:
     """MLM loss of the exported model on the held-out rows under masks shared by every arm: one
     mask set per strategy, so that no arm is only judged on the targets it was trained on."""
     import torch
-    from ckbert.data_prep.dataset import open_prepared
-    from ckbert.finetune.checkpoint import load_model
     from transformers import AutoModelForMaskedLM
 
     from ckbert.collator import PretrainCollator
+    from ckbert.data_prep.dataset import open_prepared
+    from ckbert.finetune.checkpoint import load_model
     from ckbert.train_config import CMRMConfig, MaskingConfig
 
     manifest, dataset, _, tok = open_prepared(s.prepared)
@@ -204,9 +204,10 @@ def finetune_scores(hf_dir: Path, seed: int, s: Settings, run_dir: Path) -> dict
 
 
 def probe_scores(hf_dir: Path, items_file: Path) -> dict[str, float]:
+    from transformers import AutoModelForMaskedLM
+
     from ckbert.finetune.checkpoint import load_model, load_tokenizer
     from ckbert.finetune.probe import DEFAULT_TEMPLATE, ProbeItem, score_candidates, summarise
-    from transformers import AutoModelForMaskedLM
 
     items = [ProbeItem(**d) for d in json.loads(items_file.read_text(encoding="utf-8"))]
     model = load_model(AutoModelForMaskedLM, hf_dir)

@@ -93,10 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="write the results as JSON here (and the bars as the same name .png)")
     args = p.parse_args(argv)
 
-    from ckbert.data_prep.dataset import open_prepared
     from transformers import DataCollatorForLanguageModeling
 
     from ckbert.collator import PretrainCollator
+    from ckbert.data_prep.dataset import open_prepared
     from ckbert.train import KeyedRows
     from ckbert.train_config import CMRMConfig, MaskingConfig
 

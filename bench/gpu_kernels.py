@@ -266,7 +266,6 @@ def _hf_model(size: Size, vocab: int, seq: int):
 
 def _ckbert_model(size: Size, vocab: int, seq: int, backend: str):
     from ckbert.kernels import reset_backend
-
     from ckbert.model import CKBertForPreTraining
     from ckbert.model_config import ModelConfig
 

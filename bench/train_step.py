@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 import torch
-from ckbert.data_prep.dataset import open_prepared
 from transformers import BertConfig, BertForMaskedLM
 
 from ckbert.collator import PretrainCollator
+from ckbert.data_prep.dataset import open_prepared
 from ckbert.model import CKBertForPreTraining
 from ckbert.model_config import load_model_config
 from ckbert.optim import build_optimizer, build_scheduler

@@ -13,7 +13,6 @@ from pathlib import Path
 from ckbert.data_prep.kg_store import KGStore
 from ckbert.data_prep.shards import shard_is_done
 from ckbert.data_prep.tokenizer import fingerprint, load_tokenizer
-
 from ckbert.errors import UserError
 
 FORMAT_VERSION = 1

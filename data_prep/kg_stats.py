@@ -8,9 +8,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
 from ckbert.data_prep.kg_store import KGStore, build_store_from_file
 from ckbert.data_prep.readers import Tally, check_input_file
-
 from ckbert.errors import UserError
 
 

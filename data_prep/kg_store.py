@@ -30,8 +30,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-from ckbert.data_prep.readers import Tally, check_input_file, read_lines
 
+from ckbert.data_prep.readers import Tally, check_input_file, read_lines
 from ckbert.errors import UserError
 
 FORMAT_VERSION = 1

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from ckbert.data_prep.annotate import Annotation
 from ckbert.data_prep.readers import Sentence
-
 from ckbert.errors import UserError
 
 TASKS = ("cws", "pos", "ner", "dep", "sdp")

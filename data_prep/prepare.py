@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
 from ckbert.data_prep import kg_store
 from ckbert.data_prep import tokenizer as tok_mod
 from ckbert.data_prep.annotate import ANNOTATORS, make_annotator
@@ -26,7 +27,6 @@ from ckbert.data_prep.linker import Linker, LinkerConfig, read_stop_list
 from ckbert.data_prep.pipeline import Context, ShardJob, process_shard, set_context
 from ckbert.data_prep.readers import FORMATS, Tally, check_input_file, read_lines
 from ckbert.data_prep.shards import shard_is_done, write_json_atomic
-
 from ckbert.errors import UserError
 
 FORMAT_VERSION = 1

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckbert.data_prep.text import has_chinese, has_traditional, normalize, split_sentences, split_tagged
-
 from ckbert.errors import UserError
 
 FORMATS = ("text", "jsonl", "pretagged")

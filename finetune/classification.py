@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ckbert.finetune.jsonfiles import field, find_file, read_jsonl
-from ckbert.finetune.metrics import accuracy
 
 from ckbert.errors import UserError
+from ckbert.finetune.jsonfiles import field, find_file, read_jsonl
+from ckbert.finetune.metrics import accuracy
 
 
 @dataclass
@@ -132,8 +132,9 @@ class ClassificationTask:
         return out
 
     def model(self, model_dir: Path, random_init: bool = False) -> Any:
-        from ckbert.finetune.checkpoint import load_model
         from transformers import AutoModelForSequenceClassification
+
+        from ckbert.finetune.checkpoint import load_model
 
         return load_model(
             AutoModelForSequenceClassification,

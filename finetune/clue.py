@@ -12,11 +12,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ckbert.errors import UserError
 from ckbert.finetune.hparams import load_config
 from ckbert.finetune.submission import write_json, write_text, write_zip
 from ckbert.finetune.tasks import CLUE_TASKS, TASKS
-
-from ckbert.errors import UserError
 
 # Published test-set scores from clue.md: (BERT-base, RoBERTa-wwm-ext). Ours are dev scores.
 REFERENCE: dict[str, tuple[float, float]] = {

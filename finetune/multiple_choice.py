@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ckbert.errors import UserError
 from ckbert.finetune.classification import Encoded
 from ckbert.finetune.jsonfiles import field, find_file, read_json, read_jsonl
 from ckbert.finetune.metrics import accuracy
-
-from ckbert.errors import UserError
 
 IDIOM_TAG = re.compile(r"#idiom\d+#")
 
@@ -43,8 +43,9 @@ class MultipleChoiceTask:
         self.submission_name = submission_name
 
     def model(self, model_dir: Path, random_init: bool = False) -> Any:
-        from ckbert.finetune.checkpoint import load_model
         from transformers import AutoModelForMultipleChoice
+
+        from ckbert.finetune.checkpoint import load_model
 
         return load_model(AutoModelForMultipleChoice, model_dir, random_init)
 

@@ -23,10 +23,9 @@ import itertools
 import re
 from pathlib import Path
 
+from ckbert.errors import UserError
 from ckbert.finetune.classification import ClsExample
 from ckbert.finetune.tokens import NerExample
-
-from ckbert.errors import UserError
 
 SENTIMENT_CAP = {"train": 1500, "dev": 250, "test": 500}  # lines per class
 HELD_OUT_FRACTION = 0.1

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from ckbert.finetune.checkpoint import check_model_dir, load_model, load_tokenizer
-from ckbert.finetune.submission import write_json
 
 from ckbert.errors import UserError
+from ckbert.finetune.checkpoint import check_model_dir, load_model, load_tokenizer
+from ckbert.finetune.submission import write_json
 
 DEFAULT_TEMPLATE = "{head}的{relation}是{tail}。"
 
@@ -225,8 +225,9 @@ def main(argv: list[str]) -> int:
         raise UserError("--template must contain {head} and {tail}")
     if args.k < 1 or args.max_triples < 1 or args.max_tail_tokens < 1 or args.batch_size < 1:
         raise UserError("--k, --max-triples, --max-tail-tokens and --batch-size must be >= 1")
-    from ckbert.data_prep.kg_store import KGStore
     from transformers import AutoModelForMaskedLM
+
+    from ckbert.data_prep.kg_store import KGStore
 
     check_model_dir(args.model)
     store = KGStore.open(args.kg)

@@ -11,10 +11,9 @@ import argparse
 import json
 from pathlib import Path
 
+from ckbert.errors import UserError
 from ckbert.finetune.hparams import load_config
 from ckbert.finetune.tasks import OFFLINE_TASKS, TASKS, get_task
-
-from ckbert.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ckbert.errors import UserError
 from ckbert.finetune.classification import Encoded
 from ckbert.finetune.jsonfiles import find_file, read_json
 from ckbert.finetune.metrics import cmrc_scores
-
-from ckbert.errors import UserError
 
 MAX_QUERY_CHARS = 64
 N_BEST = 20
@@ -75,8 +75,9 @@ class SpanTask:
         return out
 
     def model(self, model_dir: Path, random_init: bool = False) -> Any:
-        from ckbert.finetune.checkpoint import load_model
         from transformers import AutoModelForQuestionAnswering
+
+        from ckbert.finetune.checkpoint import load_model
 
         return load_model(AutoModelForQuestionAnswering, model_dir, random_init)
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ckbert.errors import UserError
 from ckbert.finetune.classification import ClassificationTask, read_csl, read_pair, read_sentence, read_wsc
 from ckbert.finetune.multiple_choice import C3Task, ChidTask
 from ckbert.finetune.offline import load_pd_ner, load_sentiment
 from ckbert.finetune.span import SpanTask
 from ckbert.finetune.tokens import CLUENER_TYPES, TokenTask
-
-from ckbert.errors import UserError
 
 NLI_LABELS = ["entailment", "neutral", "contradiction"]
 TNEWS_LABELS = [str(i) for i in range(100, 117) if i not in (105, 111)]

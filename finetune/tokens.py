@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ckbert.errors import UserError
 from ckbert.finetune.classification import Encoded
 from ckbert.finetune.jsonfiles import field, find_file, read_jsonl
 from ckbert.finetune.metrics import Entity, entity_f1
-
-from ckbert.errors import UserError
 
 CLUENER_TYPES = [
     "address", "book", "company", "game", "government", "movie", "name", "organization", "position", "scene",
@@ -116,8 +116,9 @@ class TokenTask:
         return out
 
     def model(self, model_dir: Path, random_init: bool = False) -> Any:
-        from ckbert.finetune.checkpoint import load_model
         from transformers import AutoModelForTokenClassification
+
+        from ckbert.finetune.checkpoint import load_model
 
         return load_model(
             AutoModelForTokenClassification,

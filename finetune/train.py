@@ -14,14 +14,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ckbert.config import to_dict
+from ckbert.errors import UserError
 from ckbert.finetune.checkpoint import load_tokenizer, max_positions
 from ckbert.finetune.hparams import FinetuneConfig
 from ckbert.finetune.loop import pick_device, predict, seed_everything, train
 from ckbert.finetune.submission import write_json, write_text, write_zip
 from ckbert.finetune.tasks import get_task
-
-from ckbert.config import to_dict
-from ckbert.errors import UserError
 
 
 def load_splits(task: Any, data_dir: Path | None, cfg: FinetuneConfig, stats: dict[str, int]) -> dict[str, list]:

@@ -10,9 +10,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from ckbert.data_prep.demo_data import demo_sources, load_cmekg
 
 from ckbert.cli import main as cli
+from ckbert.data_prep.demo_data import demo_sources, load_cmekg
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 N_LINES = 200

@@ -39,8 +39,9 @@ def test_collator_speed_smoke(bench_module, small_prepared, tmp_path, capsys):
 
 def test_hf_features_mark_the_same_words(bench_module, small_prepared):
     """The offsets handed to HF's whole-word masking make it see exactly the rows' word_ids."""
-    from ckbert.data_prep.dataset import open_prepared
     from transformers import DataCollatorForLanguageModeling
+
+    from ckbert.data_prep.dataset import open_prepared
 
     bench = bench_module("collator_speed")
     _, dataset, _, tok = open_prepared(small_prepared)

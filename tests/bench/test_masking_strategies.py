@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ckbert.data_prep.dataset import open_prepared
 
 from ckbert.collator import PretrainCollator
 from ckbert.config import load_dataclass
+from ckbert.data_prep.dataset import open_prepared
 from ckbert.errors import UserError
 from ckbert.train_config import CMRMConfig, MaskingConfig
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from ckbert.data_prep.demo_data import demo_sources, load_cmekg
 
 

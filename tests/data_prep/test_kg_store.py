@@ -7,6 +7,7 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
+
 from ckbert.data_prep import kg_stats
 from ckbert.data_prep.kg_store import (
     KGStore,
@@ -17,7 +18,6 @@ from ckbert.data_prep.kg_store import (
     sample_positive,
 )
 from ckbert.data_prep.readers import Tally
-
 from ckbert.errors import UserError
 
 

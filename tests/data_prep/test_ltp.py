@@ -9,11 +9,10 @@ import pytest
 
 pytest.importorskip("ltp", reason="the optional `ltp` extra is not installed")
 
+from ckbert.cli import main as cli  # noqa: E402
 from ckbert.data_prep.dataset import open_prepared  # noqa: E402
 from ckbert.data_prep.ltp_annotator import LTPAnnotator  # noqa: E402
 from ckbert.data_prep.readers import Tally, parse_line  # noqa: E402
-
-from ckbert.cli import main as cli  # noqa: E402
 from ckbert.errors import UserError  # noqa: E402
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from ckbert.data_prep.readers import Tally, parse_line, read_lines
 from ckbert.data_prep.text import has_traditional, normalize, split_sentences, split_tagged
-
 from ckbert.errors import UserError
 
 

@@ -5,6 +5,7 @@ import json
 import zipfile
 
 import pytest
+
 from ckbert.finetune.clue import main as clue_main
 from ckbert.finetune.run import main as finetune_main
 from ckbert.finetune.tasks import CLUE_TASKS, NLI_LABELS, TNEWS_LABELS
@@ -118,6 +119,7 @@ def test_clue_command_table_and_zip(tiny_model, fixtures, tmp_path, capsys):
 
 def test_random_init_baseline_keeps_size_but_not_weights(tiny_model):
     import torch
+
     from ckbert.finetune.tasks import get_task
 
     task = get_task("sentiment")

@@ -1,6 +1,7 @@
 """Metric functions against values computed by hand."""
 
 import pytest
+
 from ckbert.finetune.metrics import (
     accuracy,
     cmrc_em,

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+
 from ckbert.data_prep.kg_store import KGStore
 from ckbert.finetune.checkpoint import load_tokenizer
 from ckbert.finetune.probe import ProbeItem, build_items, main, score_candidates, summarise
@@ -70,10 +71,9 @@ def test_ranks_count_ties_against_the_true_tail():
 
 def test_prepared_dataset_mentions_are_the_seen_heads(tiny_model, kg_triples, tmp_path, capsys):
     """`--prepared`: the heads linked in a prepared dataset (built by `ckbert prepare`) are `seen`."""
+    from ckbert.cli import main as cli_main
     from ckbert.data_prep.kg_store import build_store
     from ckbert.data_prep.readers import Tally
-
-    from ckbert.cli import main as cli_main
 
     (tmp_path / "kg.tsv").write_text("".join("\t".join(t) + "\n" for t in kg_triples), encoding="utf-8")
     (tmp_path / "corpus.txt").write_text(

@@ -4,6 +4,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
+
 from ckbert.finetune.checkpoint import load_tokenizer
 from ckbert.finetune.offline import (
     HELD_OUT_FRACTION,

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from ckbert.kernels import add_layernorm, add_layernorm_reference, bias_dropout_add_layernorm
 from ckbert.kernels.add_layernorm_triton import dropout_keep_mask
 

@@ -4,6 +4,7 @@ import logging
 
 import pytest
 import torch
+
 from ckbert.kernels import bias_gelu, reset_backend, select_backend
 from ckbert.kernels.backend import check_device
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from ckbert.kernels import bias_gelu, bias_gelu_reference
 
 

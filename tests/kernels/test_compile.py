@@ -3,6 +3,7 @@ the autograd.Functions the backward. The "aot_eager" backend runs the traced for
 graphs without code generation (no C++ compiler needed); values must equal eager mode."""
 
 import torch
+
 from ckbert.kernels import (
     add_layernorm,
     bias_dropout_add_layernorm,

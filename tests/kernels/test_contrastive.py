@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from ckbert.kernels import contrastive_loss, contrastive_loss_reference
 from ckbert.kernels.contrastive_triton import contrastive_fwd
 

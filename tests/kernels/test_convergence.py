@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+
 from ckbert.kernels import (
     add_layernorm,
     bias_dropout_add_layernorm,

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from ckbert.kernels import linear_cross_entropy, linear_cross_entropy_reference
 from ckbert.kernels.linear_cross_entropy_triton import default_chunk_size, linear_cross_entropy_fwd
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ckbert.data_prep.dataset import open_prepared
-from ckbert.data_prep.demo_data import demo_sources, load_cmekg
 
 from ckbert.cli import main as cli
+from ckbert.data_prep.dataset import open_prepared
+from ckbert.data_prep.demo_data import demo_sources, load_cmekg
 
 N_LINES = 400
 
