@@ -11,11 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from ckbert.cli import main as cli
-from ckbert.data_prep.demo_data import demo_sources, load_cmekg
-
 BENCH = Path(__file__).resolve().parents[2] / "bench"
-N_LINES = 200
 
 
 @pytest.fixture(scope="session")
@@ -37,28 +33,6 @@ def bench_module():
 
 
 @pytest.fixture(scope="session")
-def small_prepared(tmp_path_factory) -> Path:
-    src = demo_sources()
-    lines = []
-    with open(src["people_daily"], encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                lines.append(line.rstrip("\n"))
-            if len(lines) == N_LINES:
-                break
-    words = {item.rpartition("/")[0] for ln in lines for item in ln.split()}
-    graph = load_cmekg(src["cmekg"])
-    # Triples touching a corpus word plus the neighbourhoods of the first 100 subjects (so that
-    # 2..3-hop negatives exist); news words are mostly CMeKG objects, so those triples are also
-    # given reversed, to give the linked mentions facts of their own.
-    triples = [(h, r, t) for k, (h, rels) in enumerate(graph.items()) for r, objs in rels.items() for t in objs
-               if h and t and (k < 100 or h in words or t in words)]
-    triples += [(t, r + "_inv", h) for h, r, t in triples if t in words]
-    root = tmp_path_factory.mktemp("bench_data")
-    (root / "pd.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (root / "kg.tsv").write_text("".join(f"{h}\t{r}\t{t}\n" for h, r, t in triples), encoding="utf-8")
-    out = root / "prepared"
-    assert cli(["prepare", "--corpus", str(root / "pd.txt"), "--kg", str(root / "kg.tsv"), "--out", str(out),
-                "--format", "pretagged", "--annotator", "pretagged", "--build-vocab", "--vocab-size", "2000",
-                "--seq-len", "30", "--workers", "1", "--quiet"]) == 0
-    return out
+def small_prepared(tmp_path_factory, build_small_prepared) -> Path:
+    return build_small_prepared(tmp_path_factory.mktemp("bench_data"), n_lines=200, n_subjects=100, seq_len=30,
+                                vocab_size=2000)

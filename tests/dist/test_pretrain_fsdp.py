@@ -19,36 +19,11 @@ import yaml
 from ckbert.cli import main as cli
 from ckbert.dist_checkpoint import latest_checkpoint, load_full_model_state, read_trainer_state
 
-N_LINES = 200
-
 
 @pytest.fixture(scope="module")
-def prepared_dir(tmp_path_factory) -> Path:
-    from ckbert.data_prep.demo_data import demo_sources, load_cmekg
-
-    src = demo_sources()
-    lines = []
-    with open(src["people_daily"], encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                lines.append(line.rstrip("\n"))
-            if len(lines) == N_LINES:
-                break
-    words = {item.rpartition("/")[0] for ln in lines for item in ln.split()}
-    graph = load_cmekg(src["cmekg"])
-    # out-edges of the first 300 subjects and of corpus words, plus reversed edges into corpus words,
-    # so that mentions link and have 2..3-hop negatives (as tests/train does)
-    triples = [(h, r, t) for k, (h, rels) in enumerate(graph.items()) for r, objs in rels.items() for t in objs
-               if h and t and (k < 300 or h in words or t in words)]
-    triples += [(t, r + "_inv", h) for h, r, t in triples if t in words]
-    root = tmp_path_factory.mktemp("dist_data")
-    (root / "pd.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (root / "kg.tsv").write_text("".join(f"{h}\t{r}\t{t}\n" for h, r, t in triples), encoding="utf-8")
-    out = root / "prepared"
-    assert cli(["prepare", "--corpus", str(root / "pd.txt"), "--kg", str(root / "kg.tsv"), "--out", str(out),
-                "--format", "pretagged", "--annotator", "pretagged", "--build-vocab", "--vocab-size", "2000",
-                "--seq-len", "62", "--workers", "1", "--quiet"]) == 0
-    return out
+def prepared_dir(tmp_path_factory, build_small_prepared) -> Path:
+    return build_small_prepared(tmp_path_factory.mktemp("dist_data"), n_lines=200, n_subjects=300, seq_len=62,
+                                vocab_size=2000)
 
 
 def _recipe(path: Path, prepared: Path, out: Path) -> Path:

@@ -7,41 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from ckbert.cli import main as cli
 from ckbert.data_prep.dataset import open_prepared
-from ckbert.data_prep.demo_data import demo_sources, load_cmekg
-
-N_LINES = 400
 
 
 @pytest.fixture(scope="session")
-def prepared_dir(tmp_path_factory) -> Path:
-    src = demo_sources()
-    lines = []
-    with open(src["people_daily"], encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                lines.append(line.rstrip("\n"))
-            if len(lines) == N_LINES:
-                break
-    words = {item.rpartition("/")[0] for ln in lines for item in ln.split()}
-    graph = load_cmekg(src["cmekg"])
-    # Triples touching a corpus word, plus whole neighbourhoods of the first 300 subjects, so that
-    # linked mentions exist and 2..3-hop paths exist for the negatives. CMeKG's subjects are medical
-    # terms and the news words are mostly objects; the store keeps out-edges only, so the triples
-    # ending in a corpus word are also given reversed (relation name + "_inv") to give them facts.
-    triples = [(h, r, t) for k, (h, rels) in enumerate(graph.items()) for r, objs in rels.items() for t in objs
-               if h and t and (k < 300 or h in words or t in words)]
-    triples += [(t, r + "_inv", h) for h, r, t in triples if t in words]
-    root = tmp_path_factory.mktemp("train_data")
-    (root / "pd.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (root / "kg.tsv").write_text("".join(f"{h}\t{r}\t{t}\n" for h, r, t in triples), encoding="utf-8")
-    out = root / "prepared"
-    argv = ["prepare", "--corpus", str(root / "pd.txt"), "--kg", str(root / "kg.tsv"), "--out", str(out),
-            "--format", "pretagged", "--annotator", "pretagged", "--build-vocab", "--vocab-size", "3000",
-            "--seq-len", "62", "--workers", "1", "--quiet"]
-    assert cli(argv) == 0
-    return out
+def prepared_dir(tmp_path_factory, build_small_prepared) -> Path:
+    return build_small_prepared(tmp_path_factory.mktemp("train_data"), n_lines=400, n_subjects=300, seq_len=62,
+                                vocab_size=3000)
 
 
 @pytest.fixture(scope="session")
