@@ -181,15 +181,19 @@ def epoch_batches(n_rows: int, batch_size: int, seed: int, epoch: int, world: Wo
 
 
 def wrap_for_world(module: nn.Module, world: World, cfg: PretrainConfig) -> nn.Module:
-    """The one place where parallelism is applied (`ckbert.parallel`); a single process without
-    FSDP or activation checkpointing trains the module as is."""
+    """The one place where parallelism (`ckbert.parallel`) and compilation are applied; a single
+    process without FSDP, activation checkpointing or compilation trains the module as is."""
     p = cfg.parallel
-    if world.size == 1 and p.strategy != "fsdp" and p.activation_checkpointing == "none":
-        return module
-    from ckbert import parallel
+    if world.size > 1 or p.strategy == "fsdp" or p.activation_checkpointing != "none":
+        from ckbert import parallel
 
-    env = parallel.init_distributed(cfg.train.device)
-    return parallel.parallelize(module, p, env, cfg.train.precision)
+        env = parallel.init_distributed(cfg.train.device)
+        module = parallel.parallelize(module, p, env, cfg.train.precision)
+    if cfg.train.compile != "none":
+        # nn.Module.compile works in place: state-dict keys stay the HF names. dynamic=True because
+        # batch lengths and the number of CMRM sample texts change from batch to batch.
+        module.compile(backend=cfg.train.compile, dynamic=True)
+    return module
 
 
 def pick_device(requested: str, world: World) -> torch.device:

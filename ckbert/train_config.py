@@ -106,6 +106,9 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     fused_mlm_loss: bool = False  # ckbert.kernels.linear_cross_entropy instead of logits + CE
+    # torch.compile of the training step's forward module, in place (parameter names and the
+    # checkpoint format do not change): "none", "inductor" (GPU speed), "aot_eager" (tracing only)
+    compile: Literal["none", "inductor", "aot_eager"] = "none"
     log_every: int = 10
     eval_every: int = 100  # 0 = only at the end
     save_every: int = 200  # 0 = only at the end
