@@ -425,6 +425,54 @@ def sample_positive(store: KGStore, i: int, rng: np.random.Generator) -> tuple[i
     return int(store.rel[k]), int(store.tail[k])
 
 
+# Random walks per round of `walk_negatives`, per requested negative, and rounds before giving up.
+WALKS_PER_NEGATIVE = 8
+WALK_ROUNDS = 3
+
+
+def walk_negatives(store: KGStore, i: int, n: int, rng: np.random.Generator, max_hop: int = 3) -> list[int]:
+    """Up to `n` distinct hop-2..max_hop entities of `i`, found by random walks (may return fewer).
+
+    Each walk starts on a random out-edge of `i` and takes 1..max_hop-1 more random out-edges (the
+    length is drawn uniformly); its end is kept unless it is `i` or a 1-hop neighbour of `i`. A walk
+    of k edges ends at shortest distance <= k, so a kept end is exactly at hop 2..max_hop. Cost is
+    O(walks x max_hop) array lookups plus sorting the 1-hop set, whatever the size of the 2..3-hop
+    neighbourhood. Ends are weighted by the number of walks reaching them (entities reached through
+    many paths come up more often), not uniform over the neighbourhood. At most WALK_ROUNDS rounds
+    of n x WALKS_PER_NEGATIVE walks, so the caller must handle a short answer.
+    """
+    indptr, tail = np.asarray(store.indptr), np.asarray(store.tail)
+    a, b = int(indptr[i]), int(indptr[i + 1])
+    if a == b or max_hop < 2 or n <= 0:
+        return []
+    hop1 = np.unique(tail[a:b])
+    m = max(16, WALKS_PER_NEGATIVE * n)
+    found: list[int] = []
+    seen: set[int] = set()
+    for _ in range(WALK_ROUNDS):
+        cur = tail[rng.integers(a, b, size=m)].astype(np.int64)  # [m] walk positions after 1 edge
+        steps = rng.integers(2, max_hop + 1, size=m)  # [m] total edges of each walk
+        alive = np.ones(m, dtype=bool)
+        for step in range(2, max_hop + 1):
+            go = np.flatnonzero(alive & (steps >= step))
+            lo = indptr[cur[go]]
+            deg = indptr[cur[go] + 1] - lo
+            alive[go[deg == 0]] = False  # dead end (no out-edge): the walk is rejected
+            ok = deg > 0
+            go, lo, deg = go[ok], lo[ok], deg[ok]
+            cur[go] = tail[lo + (rng.random(go.size) * deg).astype(np.int64)]
+        ends = cur[alive]
+        pos = np.searchsorted(hop1, ends)
+        in_hop1 = hop1[np.minimum(pos, hop1.size - 1)] == ends
+        for e in ends[~in_hop1 & (ends != i)].tolist():
+            if e not in seen:
+                seen.add(e)
+                found.append(e)
+                if len(found) == n:
+                    return found
+    return found
+
+
 def _expand(store: KGStore, nodes: np.ndarray, rng: np.random.Generator, cap: int) -> np.ndarray:
     """Tails of the out-edges of `nodes`; at most `cap` edges, drawn uniformly when there are more.
 
@@ -447,10 +495,12 @@ def _expand(store: KGStore, nodes: np.ndarray, rng: np.random.Generator, cap: in
     return np.asarray(store.tail[np.sort(edge)])
 
 
-def sample_negatives(
+def enumerate_negatives(
     store: KGStore, i: int, n: int, rng: np.random.Generator, max_hop: int = 3, cap: int = 4096
 ) -> list[int]:
-    """Up to `n` distinct entities reached at hop 2..max_hop and not at hop 1 (nor `i`), at random."""
+    """Up to `n` entities drawn uniformly from the hop-2..max_hop set of `i` (not hop 1, not `i`),
+    built by frontier expansion; a frontier of more than `cap` out-edges is sampled, so on hubs the
+    set is a sample of the neighbourhood (exact whenever every frontier has at most `cap` edges)."""
     a, b = int(store.indptr[i]), int(store.indptr[i + 1])
     hop1 = np.unique(np.asarray(store.tail[a:b]))
     frontier = hop1
@@ -470,3 +520,20 @@ def sample_negatives(
     else:
         cand = rng.permutation(cand)
     return [int(x) for x in cand]
+
+
+def sample_negatives(
+    store: KGStore, i: int, n: int, rng: np.random.Generator, max_hop: int = 3, cap: int = 4096
+) -> list[int]:
+    """Up to `n` distinct entities reached at hop 2..max_hop and not at hop 1 (nor `i`), at random.
+
+    Random walks first (`walk_negatives`: cheap on hubs, where enumerating the 2..3-hop
+    neighbourhood costs milliseconds); only when they find fewer than `n` (a small neighbourhood,
+    where fewer than `n` may exist and enumeration is cheap) the answer is `enumerate_negatives`,
+    so a shortfall is reported only when the (capped) enumeration finds fewer than `n` too.
+    Deterministic given the state of `rng`.
+    """
+    found = walk_negatives(store, i, n, rng, max_hop)
+    if len(found) == n:
+        return found
+    return enumerate_negatives(store, i, n, rng, max_hop, cap)
