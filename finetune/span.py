@@ -30,7 +30,7 @@ class QaExample:
     question: str
     context: str
     answers: list[str]  # every reference answer (dev); empty on test
-    answer_start: int | None  # character offset of answers[0] in context (train)
+    answer_start: int | None  # offset of answers[0] in context; None on test or when not found
 
 
 class SpanTask:
@@ -64,9 +64,9 @@ class SpanTask:
                     if split != "test" and not texts:
                         raise UserError(f"{where}.qas[{q}] ({qa['id']}): no answers", path=path)
                     start = None
-                    if split == "train":
+                    if split != "test":
                         start = _align(context, texts[0], answers[0].get("answer_start"))
-                        if start is None:  # answer text not in the context: unusable for training
+                        if start is None and split == "train":  # answer not in the context: unusable
                             skipped += 1
                             continue
                     out.append(QaExample(qa["id"], qa["question"], context, texts, start))
@@ -110,14 +110,16 @@ class SpanTask:
             offs = [o if s == 1 else None for o, s in zip(enc["offset_mapping"][f], seq, strict=True)]
             offsets.append(offs)
             ex = examples[ex_index]
-            if ex.answer_start is None:
+            if ex.answer_start is None:  # test, or a dev answer not found in its context
+                starts.append(0)
+                ends.append(0)
                 continue
             a0, a1 = ex.answer_start, ex.answer_start + len(ex.answers[0])  # [a0, a1) characters
             tok = [i for i, o in enumerate(offs) if o is not None and o[0] < a1 and o[1] > a0]
             inside = tok and offs[tok[0]][0] <= a0 and offs[tok[-1]][1] >= a1
             starts.append(tok[0] if inside else 0)
             ends.append(tok[-1] if inside else 0)
-        if split == "train":
+        if split != "test":  # dev positions too: the Trainer scores dev only when it has labels
             columns["start_positions"], columns["end_positions"] = starts, ends
         windows_per_question = np.bincount(np.asarray(sample, dtype=np.int64), minlength=len(examples))
         stats = {

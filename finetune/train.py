@@ -1,4 +1,4 @@
-"""Fine-tune one task: several seeds, the best dev weights of each seed (see `loop.py`).
+"""Fine-tune one task: several seeds, the best dev weights of each seed (see `trainer.py`).
 
 For each seed the model is evaluated on dev every `eval_steps` (or every epoch) and the best dev
 weights are restored at the end. The seed with the best dev score writes the test predictions.
@@ -18,9 +18,9 @@ from ckbert.config import to_dict
 from ckbert.errors import UserError
 from ckbert.finetune.checkpoint import load_tokenizer, max_positions
 from ckbert.finetune.hparams import FinetuneConfig
-from ckbert.finetune.loop import pick_device, predict, seed_everything, train
 from ckbert.finetune.submission import write_json, write_text, write_zip
 from ckbert.finetune.tasks import get_task
+from ckbert.finetune.trainer import device_name, fit, predict, set_seed
 
 
 def load_splits(task: Any, data_dir: Path | None, cfg: FinetuneConfig, stats: dict[str, int]) -> dict[str, list]:
@@ -78,38 +78,38 @@ def finetune(
         stats.update(enc.stats)
     print(f"[{task_name}] " + ", ".join(f"{k}={v}" for k, v in sorted(stats.items())), flush=True)
 
-    device = pick_device()
     collator = task.collator(tokenizer)
-    print(f"[{task_name}] device {device}, precision {cfg.precision}, seeds {cfg.seeds}", flush=True)
+    print(f"[{task_name}] device {device_name()}, precision {cfg.precision}, seeds {cfg.seeds}", flush=True)
 
-    def dev_scores(model: Any) -> dict[str, float]:
-        logits = predict(model, encoded["dev"].dataset, collator, cfg.eval_batch_size, cfg.precision)
+    def dev_scores(logits: Any) -> dict[str, float]:
         return task.score(splits["dev"], task.decode(splits["dev"], encoded["dev"], logits, cfg))
 
     runs = []
     started = time.time()
     for seed in cfg.seeds:
-        seed_everything(seed)  # before the model: the new task head is drawn from this seed
-        model = task.model(model_dir, random_init).to(device)
-        history = train(model, encoded["train"].dataset, collator, cfg, seed, dev_scores, task.metric)
+        set_seed(seed)  # before the model: the new task head is drawn from this seed
+        trainer, history = fit(
+            task.model(model_dir, random_init), encoded["train"].dataset, encoded["dev"].dataset, collator, cfg, seed, dev_scores,
+            task.metric, out_dir / f".checkpoints-seed-{seed}",
+        )
         run: dict[str, Any] = {
             "seed": seed,
             "steps": history.steps,
             "best_step": history.best_step,
-            "dev": dev_scores(model),
+            "dev": dev_scores(predict(trainer, encoded["dev"].dataset)),  # the restored best weights
             "evals": history.evals,
         }
         if "test" in splits:
-            test_logits = predict(model, encoded["test"].dataset, collator, cfg.eval_batch_size, cfg.precision)
+            test_logits = predict(trainer, encoded["test"].dataset)
             run["test_predictions"] = task.decode(splits["test"], encoded["test"], test_logits, cfg)
             if task.test_has_labels:
                 run["test"] = task.score(splits["test"], run["test_predictions"])
         if save_model:
-            model.save_pretrained(str(out_dir / f"seed-{seed}" / "model"))
+            trainer.model.save_pretrained(str(out_dir / f"seed-{seed}" / "model"))
             tokenizer.save_pretrained(str(out_dir / f"seed-{seed}" / "model"))
         print(f"[{task_name}] seed {seed}: dev {run['dev']}" + (f" test {run['test']}" if "test" in run else ""))
         runs.append(run)
-        del model
+        del trainer
 
     best = max(runs, key=lambda r: r["dev"][task.metric])
     main = [r["dev"][task.metric] for r in runs]

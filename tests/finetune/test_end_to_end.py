@@ -147,3 +147,18 @@ def test_ner_labels_and_decoding_line_up(tiny_model, fixtures, tmp_path):
                         "learning_rate=0.005", "warmup=0"])
     assert rc == 0
     assert json.loads((tmp_path / "results.json").read_text())["dev"]["f1"] == 100.0
+
+
+def test_epoch_evaluation_and_no_pickles_left(tiny_model, fixtures, tmp_path):
+    """eval_steps=0 scores dev at every epoch end (6 examples, batch 4: 2 steps per epoch); the
+    Trainer's checkpoints (and their training_args.bin pickle) are gone, the kept model is safetensors."""
+    rc = finetune_main(["--task", "afqmc", "--model", str(tiny_model), "--data", str(fixtures / "afqmc"),
+                        "--out", str(tmp_path), "--save-model", "epochs=2", "eval_steps=0", "max_length=64",
+                        "batch_size=4"])
+    assert rc == 0
+    run = json.loads((tmp_path / "results.json").read_text())["runs"][0]
+    assert run["steps"] == 4 and [e["step"] for e in run["evals"]] == [2, 4]
+    assert all(e["train_loss"] > 0 and e["dev_loss"] > 0 for e in run["evals"])
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl")) or "checkpoint" in f]
+    assert "seed-42/model/model.safetensors" in files and "afqmc_predict.json" in files
