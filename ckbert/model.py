@@ -15,6 +15,14 @@ GELU, the MLM head's linear + cross-entropy) come from `ckbert.kernels`; the bac
 from `config.kernels` and changes no parameter. Where a fused op adds a bias, the linear layer
 before it runs as `F.linear` without its bias and hands the bias to that op.
 
+Unpadded ("varlen") path: with padding in the batch, `encode` gathers the T real tokens once
+(flat indices from the attention mask) and runs the embeddings, every linear layer, the FFN, the
+LayerNorms, dropout and the fused kernels on [T, H] rows; only the attention core (q/k/v scattered
+to [B, heads, L, head_dim], SDPA with the key mask, the context gathered back) sees the padded
+shape. On CPU under bf16 the matmuls are nearly the whole step, so compute spent on padding is
+pure loss. Without padding nothing is gathered and the layers run on [B, L, H] as before.
+`encode` re-pads its result to [B, L, H] with zeros at the pad positions.
+
 The model knows nothing of parallelism, precision or compilation (style.md, item 3).
 """
 
@@ -43,25 +51,35 @@ class Embeddings(nn.Module):
             self.LayerNorm = nn.LayerNorm(h, eps=config.layer_norm_eps)
         self.dropout_p = config.hidden_dropout_prob
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
-        # input_ids [B, L] -> [B, L, H]; the sum order (word + type) + position follows HF.
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """input_ids [B, L] -> [B, L, H]; with `index` ([T] flat indices into B*L, the real tokens)
+        -> [T, H], the same rows. The sum order (word + type) + position follows HF."""
         length = input_ids.shape[1]
         if length > self.position_embeddings.num_embeddings:
             raise ValueError(f"sequence length {length} > max_position_embeddings "
                              f"{self.position_embeddings.num_embeddings}")
+        if index is None:
+            positions = self.position_embeddings.weight[:length]  # [L, H], broadcast over B
+        else:
+            input_ids = input_ids.reshape(-1).index_select(0, index)  # [T]
+            if token_type_ids is not None:
+                token_type_ids = token_type_ids.reshape(-1).index_select(0, index)
+            positions = self.position_embeddings(index % length)  # [T, H]: position within its row
         x = self.word_embeddings(input_ids)
         if token_type_ids is None:
             x = x + self.token_type_embeddings.weight[0]
         else:
             x = x + self.token_type_embeddings(token_type_ids)
-        x = x + self.position_embeddings.weight[:length]
+        x = x + positions
         if hasattr(self, "LayerNorm"):
             x = F.layer_norm(x, x.shape[-1:], self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
         return F.dropout(x, self.dropout_p, self.training)
 
 
 class SelfAttention(nn.Module):
-    """Holds `query`/`key`/`value`; SDPA with a key padding mask."""
+    """Holds `query`/`key`/`value`; SDPA with a key padding mask (padded core, see the module docstring)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -72,18 +90,28 @@ class SelfAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        # x [B, L, H], mask [B, 1, 1, L] bool (True = attend) -> context [B, L, H]
-        b, length, h = x.shape
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Padded: x [B, L, H], mask [B, 1, 1, L] bool (True = attend) or None -> context [B, L, H].
+        Unpadded: x [T, H] (the real tokens), mask [B, 1, 1, L], index [T] (flat indices into B*L)
+        -> context [T, H]; the linear layer runs on the T rows, only SDPA on the padded shape."""
+        h = x.shape[-1]
         # One matmul for q, k and v: concatenating the three [H, H] weights is cheap next to it.
         w = torch.cat([self.query.weight, self.key.weight, self.value.weight])
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-        qkv = F.linear(x, w, bias).view(b, length, 3, self.num_heads, h // self.num_heads)
+        qkv = F.linear(x, w, bias)  # [B, L, 3H] or [T, 3H]
+        if index is None:
+            b, length = x.shape[:2]
+        else:
+            b, length = mask.shape[0], mask.shape[-1]
+            # zeros at the pad positions: as keys they are masked, as queries their rows are dropped
+            qkv = qkv.new_zeros(b * length, 3 * h).index_copy(0, index, qkv)
+        qkv = qkv.view(b, length, 3, self.num_heads, h // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, L, head_dim]
         ctx = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0
         )
-        return ctx.transpose(1, 2).reshape(b, length, h)
+        ctx = ctx.transpose(1, 2).reshape(b, length, h)
+        return ctx if index is None else ctx.view(b * length, h).index_select(0, index)
 
 
 class Dense(nn.Module):
@@ -133,13 +161,16 @@ class Layer(nn.Module):
         self.backend = backend
 
     def _ffn_in(self, x: torch.Tensor) -> torch.Tensor:
-        # [B, L, H] -> [B, L, FFN]
+        # [..., H] -> [..., FFN]
         d = self.intermediate.dense
         return kernels.bias_gelu(F.linear(x, d.weight), d.bias, self.approximate, backend=self.backend)
 
-    def forward_post_ln(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward_post_ln(
+        self, x: torch.Tensor, mask: torch.Tensor | None, index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x [B, L, H] (padded) or [T, H] with `index` (unpadded) -> the same shape."""
         att, out = self.attention.output, self.output
-        ctx = self.attention.self(x, mask)
+        ctx = self.attention.self(x, mask, index)
         x = kernels.bias_dropout_add_layernorm(
             F.linear(ctx, att.dense.weight), att.dense.bias, x, att.LayerNorm.weight, att.LayerNorm.bias,
             self.eps, self.p, self.training, backend=self.backend,
@@ -151,9 +182,11 @@ class Layer(nn.Module):
         )
 
     def forward_pre_ln(
-        self, pending: torch.Tensor | None, residual: torch.Tensor, mask: torch.Tensor | None
+        self, pending: torch.Tensor | None, residual: torch.Tensor, mask: torch.Tensor | None,
+        index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`residual` [B, L, H] is the stream; `pending` [B, L, H] the previous sublayer's output
+        """`residual` [B, L, H] (or [T, H] with `index`, unpadded) is the stream; `pending` (same
+        shape) the previous sublayer's output
         (bias included, dropout not yet applied) that is not yet added to it (None before the first
         layer). Returns the new (pending, residual), so that each dropout + add is fused with the
         LayerNorm that follows it. Only activations cross the layer boundary, never parameters,
@@ -166,7 +199,7 @@ class Layer(nn.Module):
         # the attention output's bias and dropout are fused into the add + LayerNorm here
         d, ln = self.attention.output.dense, self.ln
         y, residual = kernels.add_layernorm(
-            F.linear(self.attention.self(y, mask), d.weight), residual, ln.weight, ln.bias, self.eps,
+            F.linear(self.attention.self(y, mask, index), d.weight), residual, ln.weight, ln.bias, self.eps,
             backend=self.backend, bias=d.bias, p=self.p, training=self.training,
         )
         d = self.output.dense
@@ -176,7 +209,7 @@ class Layer(nn.Module):
 def dropout_add_layernorm(
     x: torch.Tensor, residual: torch.Tensor, ln: nn.LayerNorm, p: float, training: bool, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(LayerNorm(residual + dropout(x)), residual + dropout(x)) for [B, L, H] tensors."""
+    """(LayerNorm(residual + dropout(x)), residual + dropout(x)) for [..., H] tensors."""
     return kernels.add_layernorm(x, residual, ln.weight, ln.bias, ln.eps, backend=backend, p=p, training=training)
 
 
@@ -190,14 +223,15 @@ class Encoder(nn.Module):
         self.p = config.hidden_dropout_prob
         self.backend = backend
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, index: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, H] (padded) or [T, H] with `index` [T] (unpadded) -> the last hidden states, same shape."""
         if self.layout == "post_ln":
             for layer in self.layer:
-                x = layer.forward_post_ln(x, mask)
+                x = layer.forward_post_ln(x, mask, index)
             return x
         pending = None
         for layer in self.layer:
-            pending, x = layer.forward_pre_ln(pending, x, mask)
+            pending, x = layer.forward_pre_ln(pending, x, mask, index)
         if pending is None:  # no layers
             return F.layer_norm(x, x.shape[-1:], self.ln.weight, self.ln.bias, self.ln.eps)
         y, _ = dropout_add_layernorm(pending, x, self.ln, self.p, self.training, self.backend)
@@ -280,8 +314,40 @@ class CKBertForPreTraining(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
         token_type_ids: torch.Tensor | None = None,
+        unpad: bool = True,
     ) -> torch.Tensor:
-        """input_ids [B, L], attention_mask [B, L] (1 = real token) -> last hidden states [B, L, H]."""
+        """input_ids [B, L], attention_mask [B, L] (1 = real token) -> last hidden states [B, L, H].
+
+        With padding (and `unpad`), the encoder runs on the real tokens only (`encode_unpadded`)
+        and the result is re-padded: rows at pad positions are zeros (HF leaves values there that
+        no real position depends on). `unpad=False` runs every layer on the padded [B, L, H]
+        (the reference for tests). Without padding both are the same computation."""
+        if not unpad or attention_mask is None or bool(attention_mask.all()):
+            return self._encode_padded(input_ids, attention_mask, token_type_ids)
+        b, length = input_ids.shape
+        hidden, index = self.encode_unpadded(input_ids, attention_mask, token_type_ids)
+        h = self.config.hidden_size
+        return hidden.new_zeros(b * length, h).index_copy(0, index, hidden).view(b, length, h)
+
+    def encode_unpadded(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> (hidden [T, H] of the T real tokens in row-major order, index [T] their flat positions in
+        B*L), or (hidden [B*L, H], None) when the mask has no padding (nothing gathered)."""
+        if bool(attention_mask.all()):
+            hidden = self._encode_padded(input_ids, attention_mask, token_type_ids)
+            return hidden.reshape(-1, self.config.hidden_size), None
+        index = attention_mask.reshape(-1).nonzero().squeeze(1)  # [T]
+        mask = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, L]: masks keys only
+        x = self.bert.embeddings(input_ids, token_type_ids, index)  # [T, H]
+        return self.bert.encoder(x, mask, index), index
+
+    def _encode_padded(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None
+    ) -> torch.Tensor:
         mask = None
         if attention_mask is not None:
             mask = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, L]: masks keys only

@@ -54,7 +54,7 @@ def test_gathered_mlm_head_equals_full_logits(random_model, make_batch):
     model, config = random_model
     hf = _hf_model(model)
     ids, mask, types = make_batch(config)
-    positions = torch.tensor([0, 5, 12, 13, 24, 25])  # flat indices into B*L (L = 11)
+    positions = torch.tensor([0, 5, 12, 13, 23, 24])  # flat indices into B*L (L = 11), real tokens only
     with torch.no_grad():
         hidden = model.encode(ids, mask, types)
         gathered = model.mlm_logits(hidden, positions)
