@@ -74,6 +74,10 @@ def test_ablation_smoke(bench_module, small_prepared, tmp_path):
         assert 0 <= r["sentiment_acc"] <= 100 and 0 <= r["ner_f1"] <= 100
         assert 0 <= r["probe_seen_acc"] <= 100 and 0 <= r["probe_held_out_acc"] <= 100
     trained = {r["arm"]: r for r in rec["runs"]}
+    # fp32 by default (bf16 matmuls are far slower on CPU); the runs really used it
+    assert rec["settings"]["precision"] == "fp32"
+    log = (out / "runs" / "d-seed0" / "log.txt").read_text(encoding="utf-8")
+    assert "precision fp32" in log and "[sentiment] device cpu, precision fp32" in log
     assert trained["a"]["steps"] == trained["d"]["steps"] == 2 and trained["r"]["steps"] == 0
     # the reference arm is seed 0's initial weights: the same model every arm started from
     metrics = [json.loads(x) for x in (out / "runs" / "a-seed0" / "metrics.jsonl").read_text().splitlines()]
