@@ -38,9 +38,9 @@ def sections(out: Path, prepared: Path, smoke: bool) -> dict[str, list[str] | No
         "train_step": py + [str(BENCH / "train_step.py"), "--prepared", str(prepared),
                             "--out", str(out / "train_step.json")]
         # bench/train_step.py times bf16 autocast, about 15 s per tiny step and 60 s per base step on
-        # this 2-core CPU: its own defaults (batch 32, 8 steps) would take hours here
+        # this 2-core CPU (batch 8 and 2): its own defaults (batch 32, 8 steps) would take hours here
         + (["--sizes", "tiny", "--steps", "1", "--warmup", "0", "--batch-size", "4"] if smoke
-           else ["--sizes", "tiny", "base", "--steps", "2", "--warmup", "1", "--batch-size", "8"]),
+           else ["--sizes", "tiny", "base", "--steps", "1", "--warmup", "1", "--batch-size", "8"]),
         "prepare": py + [str(BENCH / "prepare_speed.py"), "--demo", str(out / "demo")]
         + (["--max-chars", "20000"] if smoke else []),
         "kg_scale": py + [str(BENCH / "kg_scale.py")] + (["--sizes", "100000"] if smoke else []),
