@@ -53,6 +53,19 @@ def sections(out: Path, prepared: Path, smoke: bool) -> dict[str, list[str] | No
     return s
 
 
+def foreign_packages() -> list[str]:
+    """The ckbert packages this interpreter imports from outside this checkout (e.g. the editable
+    install of another clone's venv): benchmarking them would silently measure other code."""
+    import importlib
+
+    out = []
+    for name in ("ckbert", "ckbert.data_prep", "ckbert.finetune", "ckbert.kernels"):
+        path = Path(importlib.import_module(name).__file__).resolve()
+        if REPO not in path.parents:
+            out.append(f"{name} from {path.parent}")
+    return out
+
+
 def ensure_demo(out: Path) -> Path:
     """OUT/demo (`ckbert demo-data`), built when absent."""
     demo = out / "demo"
@@ -86,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="CI sizes")
     p.add_argument("--only", nargs="+", help="run only these sections")
     args = p.parse_args(argv)
+    foreign = foreign_packages()
+    if foreign:
+        print(f"error: {sys.executable} imports {'; '.join(foreign)}, not this checkout ({REPO}); "
+              "give this checkout its own environment (scripts/setup_env.sh)", file=sys.stderr)
+        return 2
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     record = {"machine": machine(), "bench": "run_all", "smoke": args.smoke, "sections": []}

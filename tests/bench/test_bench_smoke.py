@@ -117,3 +117,14 @@ def test_run_all_says_the_gpu_section_was_not_run(bench_module, tmp_path, capsys
     rec = json.loads((tmp_path / "run_all.json").read_text(encoding="utf-8"))
     assert rec["sections"] == [{"section": "gpu", "command": None, "status": "not run: no CUDA device"}]
     assert rec["failed"] == [] and rec["machine"]["gpu"] is None
+
+
+def test_run_all_refuses_code_from_another_checkout(bench_module, tmp_path, capsys, monkeypatch):
+    bench = bench_module("run_all")
+    assert bench.foreign_packages() == []  # this checkout's own environment
+    monkeypatch.setattr(bench, "REPO", tmp_path / "other_clone")  # as if run from a clone with a borrowed venv
+    assert len(bench.foreign_packages()) == 4
+    assert bench.main(["--out", str(tmp_path / "out"), "--only", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "ckbert.data_prep from" in err and "not this checkout" in err
+    assert not (tmp_path / "out").exists()
