@@ -53,6 +53,8 @@ def open_prepared(path: str | Path, expect_tokenizer: str | None = None):
             raise UserError(f"shard {shard['name']} is unfinished or missing (no .done)", path=shards_dir)
         if rec["rows"] != shard["rows"]:
             raise UserError(f"shard {shard['name']} has {rec['rows']} rows, manifest says {shard['rows']}", path=shards_dir)
+        if shard["rows"] == 0:
+            continue  # every line of the shard was skipped: save_to_disk writes no data file to load
         ds = load_from_disk(str(shards_dir / shard["name"]))
         if len(ds) != shard["rows"]:
             raise UserError(f"shard {shard['name']} holds {len(ds)} rows, .done says {shard['rows']}", path=shards_dir)

@@ -22,7 +22,7 @@ import numpy as np
 
 from ckbert.data_prep import kg_store
 from ckbert.data_prep import tokenizer as tok_mod
-from ckbert.data_prep.annotate import ANNOTATORS, make_annotator
+from ckbert.data_prep.annotate import ANNOTATORS, JIEBA_ENGINES, make_annotator
 from ckbert.data_prep.linker import Linker, LinkerConfig, read_stop_list
 from ckbert.data_prep.pipeline import Context, ShardJob, process_shard, set_context
 from ckbert.data_prep.readers import FORMATS, Tally, check_input_file, read_lines
@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotator", choices=ANNOTATORS, default="jieba")
     p.add_argument("--ltp-model", default=None, help="LTP 4.2 model folder (with config.json) or hub id")
     p.add_argument("--jieba-hmm", action="store_true", help="jieba: use the HMM for unknown words (slower)")
+    p.add_argument("--jieba-engine", choices=JIEBA_ENGINES, default="rjieba",
+                   help="jieba segmentation: rjieba (Rust port, default, needs the rjieba package) or jieba (pure Python)")
     p.add_argument("--device", default="cpu", help="LTP: torch device")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--tokenizer", type=Path, help="Hugging Face BERT tokenizer folder (e.g. bert-base-chinese)")
@@ -106,6 +108,10 @@ def _identity(args: argparse.Namespace) -> dict:
     ident["kg"] = str(args.kg.resolve())
     ident["tokenizer"] = str(args.tokenizer.resolve()) if args.tokenizer else None
     ident["stop_list"] = str(args.stop_list.resolve()) if args.stop_list else None
+    if args.annotator == "jieba" and args.jieba_engine != "jieba":
+        # Only when not the pure-Python engine (the only one before the option existed), so that older
+        # runs still resume with `--jieba-engine jieba`.
+        ident["jieba_engine"] = args.jieba_engine
     if args.kg_inverse_edges:
         # Only when set, so that runs started before the option existed still resume / stay complete.
         ident["kg_inverse_edges"] = True
@@ -148,19 +154,21 @@ def _vocab_texts(args: argparse.Namespace):
 
 
 def _prepare_tokenizer(args: argparse.Namespace, out: Path):
+    """Write out/tokenizer (once) and return its `tokenizers.Tokenizer`. transformers (about 3 s to
+    import) is needed only to build a vocabulary or to add the markers to a folder without them."""
     tdir = out / "tokenizer"
-    if (tdir / "tokenizer.json").is_file():
-        return tok_mod.load_tokenizer(tdir)
-    tmp = out / "tokenizer.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    if args.build_vocab:
-        tok = tok_mod.build_vocab(_vocab_texts(args), tmp, vocab_size=args.vocab_size)
-    else:
-        tok = tok_mod.load_tokenizer(args.tokenizer)
-        tok.save_pretrained(str(tmp))
-    os.replace(tmp, tdir)
-    return tok_mod.load_tokenizer(tdir)
+    if not (tdir / "tokenizer.json").is_file():
+        tmp = out / "tokenizer.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        if args.build_vocab:
+            tok_mod.build_vocab(_vocab_texts(args), tmp, vocab_size=args.vocab_size)
+        elif tok_mod.has_markers(args.tokenizer):
+            tok_mod.copy_tokenizer(args.tokenizer, tmp)
+        else:
+            tok_mod.load_tokenizer(args.tokenizer).save_pretrained(str(tmp))
+        os.replace(tmp, tdir)
+    return tok_mod.load_backend(tdir)
 
 
 def _jobs(args: argparse.Namespace):
@@ -251,7 +259,8 @@ def main(argv: list[str]) -> int:
     tally = Tally()
     store = _prepare_kg(args, out, tally)
     tokenizer = _prepare_tokenizer(args, out)
-    annotator = make_annotator(args.annotator, ltp_model=args.ltp_model, jieba_hmm=args.jieba_hmm, device=args.device)
+    annotator = make_annotator(args.annotator, ltp_model=args.ltp_model, jieba_hmm=args.jieba_hmm,
+                               jieba_engine=args.jieba_engine, device=args.device)
     stop = read_stop_list(args.stop_list) if args.stop_list else frozenset()
     if args.link_ner_only and "ner" not in annotator.provides:
         raise UserError(f"--link-ner-only needs an annotator with NER; {annotator.name} has none")
@@ -265,10 +274,8 @@ def main(argv: list[str]) -> int:
     ))
     t_setup = time.time() - t0
 
-    import datasets
     from tqdm import tqdm
 
-    datasets.disable_progress_bars()  # one progress bar (shards), not one per shard save
     t1 = time.time()
     with tqdm(desc="shards", unit="shard", disable=args.quiet, file=sys.stderr) as progress:
         records = _run_shards(args, out, progress)
@@ -297,9 +304,9 @@ def main(argv: list[str]) -> int:
         "annotator": {"name": annotator.name, "version": annotator.version, "provides": list(annotator.provides)},
         "masking_mode": "arcs" if ("dep" in annotator.provides or "sdp" in annotator.provides) else "words",
         "tokenizer": {
-            "fingerprint": tok_mod.fingerprint(tokf), "vocab_size": len(tokenizer),
-            "dep_token_id": tokenizer.convert_tokens_to_ids("[dep]"),
-            "sdp_token_id": tokenizer.convert_tokens_to_ids("[sdp]"),
+            "fingerprint": tok_mod.fingerprint(tokf), "vocab_size": tokenizer.get_vocab_size(with_added_tokens=True),
+            "dep_token_id": tokenizer.token_to_id("[dep]"),
+            "sdp_token_id": tokenizer.token_to_id("[sdp]"),
         },
         "kg": {"fingerprint": store.fingerprint, "entities": store.num_entities, "relations": store.num_relations,
                "triples": store.num_triples, "inverse_edges": store.inverse_edges,
@@ -332,7 +339,8 @@ def _summary(m: dict, elapsed: float, t_setup: float, t_shards: float, new_chars
     sents = max(c["sentences"], 1)
     rows = sum(s["rows"] for s in m["shards"])
     lines = [
-        f"prepared {len(m['shards'])} shards, {rows} rows ({m['annotator']['name']}, masking mode {m['masking_mode']})",
+        f"prepared {len(m['shards'])} shards, {rows} rows ({m['annotator']['name']}: {m['annotator']['version']}; "
+        f"masking mode {m['masking_mode']})",
         f"  documents {c['documents']}, sentences {c['sentences']}, tokens {c['tokens']}, characters {c['characters']}",
         f"  mentions {c['mentions']} ({c['mentions'] / sents:.3f} per sentence; "
         f"{c['sentences_with_mention'] / sents:.1%} of sentences have one)",

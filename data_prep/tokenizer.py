@@ -43,6 +43,54 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
+# Files of a Hugging Face tokenizer folder that `copy_tokenizer` takes over (weights etc. are not).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt")
+
+
+def has_markers(path: Path) -> bool:
+    """True when `path` is a BERT tokenizer folder whose tokenizer.json already holds `[dep]` and `[sdp]`
+    as special added tokens (e.g. the tokenizer/ of a dataset ckbert prepared): then `copy_tokenizer`
+    gives the folder `load_tokenizer` + `save_pretrained` would write, without importing transformers."""
+    import json
+
+    try:
+        config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+        data = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(config, dict) or config.get("tokenizer_class") not in ("BertTokenizer", "BertTokenizerFast"):
+        return False
+    added = {t.get("content") for t in data.get("added_tokens") or [] if isinstance(t, dict) and t.get("special")}
+    listed = set(config.get("extra_special_tokens") or []) | set(config.get("additional_special_tokens") or [])
+    return set(MARKERS) <= added and set(MARKERS) <= listed
+
+
+def copy_tokenizer(src: Path, dst: Path) -> None:
+    """Copy the tokenizer files of a folder that `has_markers` accepted."""
+    import shutil
+
+    dst.mkdir(parents=True)
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+
+
+def load_backend(path: str | Path):
+    """The Rust `tokenizers.Tokenizer` of a folder's tokenizer.json, which must hold the markers: all
+    `ckbert prepare` needs (word encoding, vocabulary size, marker ids) without importing transformers."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    try:
+        tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    except Exception as exc:  # the Rust side raises plain Exception for a malformed file
+        raise UserError(f"cannot load tokenizer.json: {exc}".splitlines()[0], path=path) from None
+    missing = [m for m in MARKERS if tok.token_to_id(m) is None]
+    if missing:
+        raise UserError(f"tokenizer.json lacks the marker tokens {missing}", path=path)
+    return tok
+
+
 def build_vocab(texts: Iterable[str], out_dir: Path, vocab_size: int = 21128, min_frequency: int = 2):
     """Train a BERT-Chinese style WordPiece vocabulary (CJK characters as single tokens) and save a
     BertTokenizerFast folder with the markers to `out_dir`."""
@@ -87,7 +135,8 @@ class WordEncoder:
     """
 
     def __init__(self, tokenizer, max_words: int = 500_000):
-        self.backend = tokenizer.backend_tokenizer
+        # a transformers fast tokenizer or the `tokenizers.Tokenizer` itself (`load_backend`)
+        self.backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
         if self.backend.truncation is not None or self.backend.padding is not None:
             # A tokenizer.json may carry truncation/padding settings; the batched encoding of new words
             # below must see neither (a copy, so the caller's tokenizer is left as it is).

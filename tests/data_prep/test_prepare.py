@@ -67,20 +67,32 @@ def test_manifest_and_rows(prepared, pd_lines):
     assert ds[0]["doc_id"] == "pd.txt:L1"
 
 
-def test_jieba_with_given_tokenizer(tmp_path, prepared, pd_plain_file, capsys):
+@pytest.mark.parametrize("engine", ["rjieba", "jieba"])
+def test_jieba_with_given_tokenizer(tmp_path, prepared, pd_plain_file, capsys, engine):
     out = tmp_path / "jieba"
     tok_dir = prepared / "tokenizer"
-    assert cli(_args(pd_plain_file, prepared / "kg", out, "--tokenizer", str(tok_dir), "--workers", "1")) == 0
+    args = _args(pd_plain_file, prepared / "kg", out, "--tokenizer", str(tok_dir), "--workers", "1", "--jieba-engine", engine)
+    assert cli(args) == 0
     summary = capsys.readouterr().out
     assert "mentions" in summary and "KG coverage" in summary and "characters/s" in summary
+    assert f"(jieba: {engine} " in summary  # the engine is named in the summary and the manifest
     manifest, ds, kg, tok = open_prepared(out, expect_tokenizer=json.loads((prepared / "manifest.json").read_text())["tokenizer"]["fingerprint"])
     assert manifest["annotator"]["name"] == "jieba" and len(ds) > 0
+    assert manifest["annotator"]["version"].startswith(f"{engine} ")
+    # the tokenizer folder was copied (it has the markers), equal to the source
+    assert (out / "tokenizer" / "tokenizer.json").read_bytes() == (tok_dir / "tokenizer.json").read_bytes()
     assert manifest["kg"]["fingerprint"] == kg.fingerprint
     # jieba words must concatenate back to the sentence characters (lower-cased by the tokenizer)
     assert "中共中央总书记" in tok.decode(ds[0]["input_ids"]).replace(" ", "") or len(ds[0]["word_pos"]) > 0
     # Regression check for the speed work on the shard pipeline: the rows must stay exactly those the
-    # straightforward implementation (commit 351fcd8) wrote for this slice with the installed jieba 0.42.1.
+    # straightforward implementation (commit 351fcd8) wrote for this slice with the installed jieba 0.42.1,
+    # with either segmentation engine.
     assert _rows_digest(ds) == JIEBA_SLICE_DIGEST
+    # a run started with one engine is not resumed with the other
+    other = "jieba" if engine == "rjieba" else "rjieba"
+    (out / "manifest.json").unlink()
+    assert cli([a if a != engine else other for a in args]) == 2
+    assert "jieba_engine" in capsys.readouterr().err
 
 
 JIEBA_SLICE_DIGEST = "632f43120c23b3b9e3d7a56a78a31d116fa150b416429e2cfb943cac27c1023a"
