@@ -35,6 +35,8 @@ def sections(out: Path, prepared: Path, smoke: bool) -> dict[str, list[str] | No
         "collator": py + [str(BENCH / "collator_speed.py"), "--prepared", str(prepared),
                           "--out", str(out / "collator_speed.json")]
         + (["--batches", "4", "--warmup", "1", "--batch-size", "8"] if smoke else []),
+        "neg_sampling": py + [str(BENCH / "neg_sampling.py"), "--prepared", str(prepared),
+                              "--out", str(out / "neg_sampling.json")] + (["--rows", "200"] if smoke else []),
         "train_step": py + [str(BENCH / "train_step.py"), "--prepared", str(prepared),
                             "--out", str(out / "train_step.json")]
         # bench/train_step.py times bf16 autocast, about 15 s per tiny step and 60 s per base step on
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             p.error(f"unknown section(s) {unknown}; choose from {names}")
         names = [n for n in names if n in args.only]
-    if args.prepared is None and any(n in ("collator", "train_step", "ablation") for n in names):
+    if args.prepared is None and any(n in ("collator", "neg_sampling", "train_step", "ablation") for n in names):
         prepared = ensure_demo_data(out, args.seq_len)
     else:
         prepared = args.prepared or Path(".")

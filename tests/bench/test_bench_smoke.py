@@ -37,6 +37,18 @@ def test_collator_speed_smoke(bench_module, small_prepared, tmp_path, capsys):
     assert "x HF WWM" in capsys.readouterr().out
 
 
+def test_neg_sampling_smoke(bench_module, small_prepared, tmp_path, capsys):
+    bench = bench_module("neg_sampling")
+    out = tmp_path / "neg_sampling.json"
+    assert bench.main(["--prepared", str(small_prepared), "--rows", "64", "--out", str(out)]) == 0
+    rec = json.loads(out.read_text(encoding="utf-8"))
+    assert rec["mentions"] > 0 and [r["sampler"] for r in rec["samplers"]] == [
+        "walks first (sample_negatives)", "enumeration alone (enumerate_negatives)"]
+    assert all(r["ms_per_mention"] > 0 for r in rec["samplers"])
+    assert 0 <= rec["walks_alone_short"] <= rec["mentions"]
+    assert "ms per mention" in capsys.readouterr().out
+
+
 def test_hf_features_mark_the_same_words(bench_module, small_prepared):
     """The offsets handed to HF's whole-word masking make it see exactly the rows' word_ids."""
     from transformers import DataCollatorForLanguageModeling
