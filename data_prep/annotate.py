@@ -17,6 +17,7 @@ An annotator turns a batch of `Sentence`s into `Annotation`s and says what it pr
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -69,6 +70,9 @@ class PretaggedAnnotator:
         return out
 
 
+_SPACE_RE = re.compile(r"\s")
+
+
 def _guess_tag(word: str) -> str:
     if all(ch.isdigit() or ch in ".%" for ch in word):
         return "m"
@@ -77,7 +81,16 @@ def _guess_tag(word: str) -> str:
     return "x"
 
 
-def jieba_word_tags(jieba) -> dict[str, str]:
+class _TagTable(dict):
+    """word -> POS tag from jieba's dictionary; a word missing from it gets `_guess_tag`, memoised, so
+    that a whole sentence is tagged by one C-level `map(table.__getitem__, words)`."""
+
+    def __missing__(self, word: str) -> str:
+        tag = self[word] = _guess_tag(word)
+        return tag
+
+
+def jieba_word_tags(jieba) -> _TagTable:
     """jieba's word -> POS tag table, equal to `jieba.posseg.dt.word_tag_tab` (the tests compare them)
     but read with one split of the whole file instead of a Python loop over its 349k lines, and
     without importing `jieba.posseg` (which also loads HMM tables this annotator does not use)."""
@@ -89,7 +102,7 @@ def jieba_word_tags(jieba) -> dict[str, str]:
         lines = sum(1 for line in data.split("\n") if line.strip())
     if len(fields) != 3 * lines:  # jieba.posseg needs "word freq tag" on every line, too
         raise UserError("jieba dictionary has lines that are not 'word freq tag'", path=jieba.dt.dictionary or "jieba dict.txt")
-    return dict(zip(fields[0::3], fields[2::3], strict=True))
+    return _TagTable(zip(fields[0::3], fields[2::3], strict=True))
 
 
 JIEBA_ENGINES = ("rjieba", "jieba")
@@ -125,21 +138,21 @@ class JiebaAnnotator:
             raise UserError(f"unknown jieba engine {engine!r} (choose from {', '.join(JIEBA_ENGINES)})")
         self.engine = engine
         self.hmm = hmm
-        self._tags = jieba_word_tags(jieba)  # word -> tag from jieba's dict.txt
+        # word -> tag from jieba's dict.txt; later also, memoised, the guessed tags of words missing from it
+        self._tags = jieba_word_tags(jieba)
         self.pos_tags = sorted(set(self._tags.values()) | {"m", "eng", "x"})
-        self._guessed: dict[str, str] = {}  # tags of words missing from the dictionary (mostly punctuation)
 
     def annotate(self, sentences: list[Sentence]) -> list[Annotation]:
         out = []
-        get, guessed, cut = self._tags.get, self._guessed.get, self._cut
+        tag, cut, space = self._tags.__getitem__, self._cut, _SPACE_RE.search
         for s in sentences:
-            words = [w for w in cut(s.text) if not w.isspace()]
-            out.append(Annotation(words, [get(w) or guessed(w) or self._guess(w) for w in words]))
+            words = cut(s.text)
+            if space(s.text):  # jieba returns whitespace as words of its own; they are not words
+                words = [w for w in words if not w.isspace()]
+            else:
+                words = list(words)
+            out.append(Annotation(words, list(map(tag, words))))
         return out
-
-    def _guess(self, word: str) -> str:
-        tag = self._guessed[word] = _guess_tag(word)
-        return tag
 
 
 ANNOTATORS = ("jieba", "pretagged", "ltp")

@@ -45,12 +45,14 @@ def set_context(ctx: Context) -> None:
 
 
 def _ids(values: list[str], index: dict[str, int], unknown: str, tally: Tally, where: str, reason: str) -> list[int]:
+    try:
+        return list(map(index.__getitem__, values))  # the common case, in C
+    except KeyError:
+        pass
     out = [index.get(v, -1) for v in values]
-    if -1 in out:
-        n = out.count(-1)
-        tally.note(reason, where, n)
-        out = [index[unknown] if i == -1 else i for i in out]
-    return out
+    n = out.count(-1)
+    tally.note(reason, where, n)
+    return [index[unknown] if i == -1 else i for i in out]
 
 
 @dataclass

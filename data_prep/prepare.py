@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "('' = no POS filter; default n: nouns and proper names)")
     p.add_argument("--link-ner-only", action="store_true", help="link only spans the annotator tags as NER")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    p.add_argument("--shard-lines", type=int, default=2000, help="corpus lines per shard")
+    p.add_argument("--shard-lines", type=int, default=1000,
+                   help="corpus lines per shard (small enough that the last shards keep every worker busy)")
     p.add_argument("--max-chars", type=int, default=None, help="stop reading after this many characters per file")
     p.add_argument("--max-sentence-chars", type=int, default=256, help="longer sentences are cut (LTP limit 510)")
     p.add_argument("--batch-sentences", type=int, default=256)
