@@ -13,7 +13,7 @@ pre_ln (Megatron):    x = x + drop(attn(LN(x))); x = x + drop(ffn(LN(x))); a fin
 The fused elementwise ops (bias + dropout + residual + LayerNorm, residual + LayerNorm, bias +
 GELU, the MLM head's linear + cross-entropy) come from `ckbert.kernels`; the backend is chosen once
 from `config.kernels` and changes no parameter. Where a fused op adds a bias, the linear layer
-before it runs as `F.linear` without its bias and hands the bias to that op.
+before it runs without its bias and hands the bias to that op.
 
 Unpadded ("varlen") path: with padding in the batch, `encode` gathers the T real tokens once
 (flat indices from the attention mask) and runs the embeddings, every linear layer, the FFN, the
@@ -22,6 +22,8 @@ to [B, heads, L, head_dim], SDPA with the key mask, the context gathered back) s
 shape. On CPU under bf16 the matmuls are nearly the whole step, so compute spent on padding is
 pure loss. Without padding nothing is gathered and the layers run on [B, L, H] as before.
 `encode` re-pads its result to [B, L, H] with zeros at the pad positions.
+
+Every linear layer goes through `linear` below: F.linear, except for bf16 on CPU (see there).
 
 The model knows nothing of parallelism, precision or compilation (style.md, item 3).
 """
@@ -38,6 +40,85 @@ from ckbert.model_config import ModelConfig
 
 # HF hidden_act -> torch GELU `approximate` ("gelu_new" is the tanh form).
 GELU_APPROXIMATE = {"gelu": "none", "gelu_new": "tanh"}
+
+
+def _k_major(a: torch.Tensor) -> torch.Tensor:
+    """[M, K] -> the same values as an [M, K] view of a contiguous [K, M] copy."""
+    return a.t().contiguous().t()
+
+
+class _CpuBf16Linear(torch.autograd.Function):
+    """y = x @ weight^T + bias for bf16 tensors on CPU, every GEMM with both operands stored
+    reduction-dimension-major.
+
+    Where oneDNN refuses bf16 (this project's AVX2 machine: `_bf16_gemm_is_fallback`), PyTorch's
+    CPU bf16 GEMM is its own loop, and its speed depends on operand layout by up to 20x: A @ B runs fastest when
+    A is an [M, K] view of a contiguous [K, M] tensor and B is a contiguous [K, N] tensor. The
+    layouts F.linear produces (x @ W^T, and in backward grad @ W) are among the slow ones. Here
+    the forward uses x^T and W^T copies, the input gradient a grad^T copy, and the weight gradient
+    grad^T @ x is in the fast layout as is; the copies are elementwise and cheap next to the GEMMs.
+    Same bf16 inputs, fp32 accumulation and bf16 outputs as F.linear; only the summation order
+    (rounding in the last bf16 bit) may differ."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        # x [T, K], weight [N, K], bias [N] -> [T, N]
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        a, w_t = _k_major(x), weight.t().contiguous()
+        return torch.mm(a, w_t) if bias is None else torch.addmm(bias, a, w_t)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()  # [T, N]
+        dx = torch.mm(_k_major(grad), weight) if ctx.needs_input_grad[0] else None  # [T, K]
+        dw = torch.mm(grad.t(), x) if ctx.needs_input_grad[1] else None  # [N, K]
+        db = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return dx, dw, db
+
+
+def _bf16_gemm_is_fallback() -> bool:
+    """True when PyTorch's CPU bf16 GEMM is its own loop: oneDNN takes bf16 only on CPUs with
+    AVX512 (BW/VL/DQ) or AVX-NE-CONVERT; there `_CpuBf16Linear`'s layouts buy nothing."""
+    return not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+CPU_BF16_GEMM_IS_FALLBACK = _bf16_gemm_is_fallback()  # decided once per process
+
+
+def _cpu_bf16(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True when F.linear(x, weight) would run a bf16 GEMM on the CPU's fallback loop."""
+    if x.device.type != "cpu" or not CPU_BF16_GEMM_IS_FALLBACK:
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu") == torch.bfloat16
+    return x.dtype == weight.dtype == torch.bfloat16
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias) for x [..., K], weight [N, K] -> [..., N]; bf16 on CPU (autocast or
+    bf16 tensors) runs through `_CpuBf16Linear`, same precision, faster GEMM layouts."""
+    if not _cpu_bf16(x, weight):
+        return F.linear(x, weight, bias)
+    dt = torch.bfloat16
+    y = _CpuBf16Linear.apply(x.reshape(-1, x.shape[-1]).to(dt), weight.to(dt), None if bias is None else bias.to(dt))
+    return y if x.dim() == 2 else y.view(*x.shape[:-1], weight.shape[0])
+
+
+def decoder_cross_entropy(
+    rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor,
+    backend: str | None, label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Mean cross-entropy of rows [M, H] @ weight [V, H]^T + bias [V] against labels [M] (-100 left
+    out): `kernels.linear_cross_entropy`, whose torch backend is F.linear + F.cross_entropy on fp32
+    logits; for bf16 on CPU that same definition runs with `linear` (the decoder GEMMs are the
+    largest of a small model's step)."""
+    if (backend or kernels.select_backend()) == "torch" and _cpu_bf16(rows, weight):
+        logits = linear(rows, weight, bias)  # [M, V]
+        return F.cross_entropy(logits.float(), labels, ignore_index=-100, label_smoothing=label_smoothing)
+    return kernels.linear_cross_entropy(rows, weight, bias, labels, ignore_index=-100,
+                                        label_smoothing=label_smoothing, backend=backend)
 
 
 class Embeddings(nn.Module):
@@ -98,7 +179,7 @@ class SelfAttention(nn.Module):
         # One matmul for q, k and v: concatenating the three [H, H] weights is cheap next to it.
         w = torch.cat([self.query.weight, self.key.weight, self.value.weight])
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-        qkv = F.linear(x, w, bias)  # [B, L, 3H] or [T, 3H]
+        qkv = linear(x, w, bias)  # [B, L, 3H] or [T, 3H]
         if index is None:
             b, length = x.shape[:2]
         else:
@@ -163,7 +244,7 @@ class Layer(nn.Module):
     def _ffn_in(self, x: torch.Tensor) -> torch.Tensor:
         # [..., H] -> [..., FFN]
         d = self.intermediate.dense
-        return kernels.bias_gelu(F.linear(x, d.weight), d.bias, self.approximate, backend=self.backend)
+        return kernels.bias_gelu(linear(x, d.weight), d.bias, self.approximate, backend=self.backend)
 
     def forward_post_ln(
         self, x: torch.Tensor, mask: torch.Tensor | None, index: torch.Tensor | None = None
@@ -172,10 +253,10 @@ class Layer(nn.Module):
         att, out = self.attention.output, self.output
         ctx = self.attention.self(x, mask, index)
         x = kernels.bias_dropout_add_layernorm(
-            F.linear(ctx, att.dense.weight), att.dense.bias, x, att.LayerNorm.weight, att.LayerNorm.bias,
+            linear(ctx, att.dense.weight), att.dense.bias, x, att.LayerNorm.weight, att.LayerNorm.bias,
             self.eps, self.p, self.training, backend=self.backend,
         )
-        y = F.linear(self._ffn_in(x), out.dense.weight)
+        y = linear(self._ffn_in(x), out.dense.weight)
         return kernels.bias_dropout_add_layernorm(
             y, out.dense.bias, x, out.LayerNorm.weight, out.LayerNorm.bias,
             self.eps, self.p, self.training, backend=self.backend,
@@ -199,11 +280,11 @@ class Layer(nn.Module):
         # the attention output's bias and dropout are fused into the add + LayerNorm here
         d, ln = self.attention.output.dense, self.ln
         y, residual = kernels.add_layernorm(
-            F.linear(self.attention.self(y, mask, index), d.weight), residual, ln.weight, ln.bias, self.eps,
+            linear(self.attention.self(y, mask, index), d.weight), residual, ln.weight, ln.bias, self.eps,
             backend=self.backend, bias=d.bias, p=self.p, training=self.training,
         )
         d = self.output.dense
-        return F.linear(self._ffn_in(y), d.weight, d.bias), residual
+        return linear(self._ffn_in(y), d.weight, d.bias), residual
 
 
 def dropout_add_layernorm(
@@ -360,13 +441,13 @@ class CKBertForPreTraining(nn.Module):
         Gathers first so the transform and the decoder run only on the M predicted rows."""
         t = self.cls.predictions.transform
         rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
-        y = kernels.bias_gelu(F.linear(rows, t.dense.weight), t.dense.bias, self.approximate,
+        y = kernels.bias_gelu(linear(rows, t.dense.weight), t.dense.bias, self.approximate,
                               backend=self.backend)
         return F.layer_norm(y, y.shape[-1:], t.LayerNorm.weight, t.LayerNorm.bias, t.LayerNorm.eps)
 
     def mlm_logits(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """hidden [B, L, H], positions [M] -> logits [M, V]."""
-        return F.linear(self.mlm_hidden(hidden, positions), self.decoder_weight, self.decoder_bias)
+        return linear(self.mlm_hidden(hidden, positions), self.decoder_weight, self.decoder_bias)
 
     def mlm_loss(
         self,
@@ -377,10 +458,8 @@ class CKBertForPreTraining(nn.Module):
     ) -> torch.Tensor:
         """Mean cross-entropy over the M predicted rows (labels [M], -100 ignored), without
         materialising [M, V] logits when the fused kernel is active."""
-        return kernels.linear_cross_entropy(
-            self.mlm_hidden(hidden, positions), self.decoder_weight, self.decoder_bias, labels,
-            ignore_index=-100, label_smoothing=label_smoothing, backend=self.backend,
-        )
+        return decoder_cross_entropy(self.mlm_hidden(hidden, positions), self.decoder_weight, self.decoder_bias,
+                                     labels, self.backend, label_smoothing)
 
     def forward(
         self,

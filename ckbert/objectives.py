@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ckbert import kernels
+from ckbert.model import decoder_cross_entropy
 
 
 def mlm_loss(rows: torch.Tensor, decoder_weight: torch.Tensor, decoder_bias: torch.Tensor,
@@ -18,13 +18,14 @@ def mlm_loss(rows: torch.Tensor, decoder_weight: torch.Tensor, decoder_bias: tor
 
     rows [M, H] (the MLM head's transform output at the M targets), decoder_weight [V, H],
     decoder_bias [V], labels [M] -> mean cross-entropy over the M targets. Goes through
-    `ckbert.kernels.linear_cross_entropy` (the Triton path never materialises [M, V] logits; the
-    torch path is the plain float32 reference); `backend` is the model's, decided once.
+    `ckbert.model.decoder_cross_entropy`, i.e. `ckbert.kernels.linear_cross_entropy` (the Triton
+    path never materialises [M, V] logits; the torch path is the plain reference, with faster GEMM
+    layouts for bf16 on CPU); `backend` is the model's, decided once.
     An empty batch of targets gives a zero that still depends on the inputs (so backward works).
     """
     if labels.numel() == 0:
         return rows.sum() * 0.0
-    return kernels.linear_cross_entropy(rows, decoder_weight, decoder_bias, labels, backend=backend)
+    return decoder_cross_entropy(rows, decoder_weight, decoder_bias, labels, backend)
 
 
 def mention_anchors(hidden: torch.Tensor, mention_index: torch.Tensor, start: torch.Tensor,
