@@ -46,13 +46,13 @@ class Linker:
         self.config = config
         self.automaton = ahocorasick.Automaton()
         items = names.entity_names() if isinstance(names, KGStore) else names
+        add, min_len, stop = self.automaton.add_word, config.min_len, config.stop_words
+        cjk = config.require_chinese
         n = 0
-        for ent_id, name in items:
-            if len(name) < config.min_len or name in config.stop_words:
+        for ent_id, name in items:  # 153k names on the demo KG
+            if len(name) < min_len or name in stop or (cjk and not has_chinese(name)):
                 continue
-            if config.require_chinese and not has_chinese(name):
-                continue
-            self.automaton.add_word(name, (ent_id, len(name)))
+            add(name, (ent_id, len(name)))
             n += 1
         self.num_patterns = n
         if n:

@@ -7,6 +7,7 @@ the worker pool forks, so workers share them copy-on-write instead of rebuilding
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from itertools import accumulate, chain, repeat
 from pathlib import Path
@@ -64,6 +65,19 @@ class ShardJob:
 
 def process_shard(job: ShardJob) -> dict:
     """Process one shard's lines and write it; returns its `.done` record."""
+    # The shard allocates several short-lived lists per sentence and no reference cycles, so reference
+    # counting frees all of it; the cyclic collector would only re-scan those lists over and over
+    # (about a quarter of the shard CPU time in a single-process measurement). Off for the shard.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _process_shard(job)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _process_shard(job: ShardJob) -> dict:
     ctx = _CTX
     assert ctx is not None, "set_context() must run before process_shard()"
     tally = Tally()
