@@ -10,6 +10,7 @@ parsed as YAML scalars), so the CLI never grows a flag per field.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -18,6 +19,9 @@ from typing import Any, TypeVar
 import yaml
 
 from ckbert.errors import UserError
+
+# A decimal number in exponent form without a dot (`5e-4`, `1E+3`), which YAML 1.1 leaves a string.
+_FLOAT_TEXT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
 T = TypeVar("T")
 
@@ -78,6 +82,9 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         _, vt = typing.get_args(tp) or (Any, Any)
         return {k: _check_type(v, vt, f"{where}.{k}") for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            # YAML 1.1 (PyYAML) reads `5e-4` (no dot) as a string; accept it as the number it spells.
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where}: expected a number, got {value!r}")
         return float(value)

@@ -63,3 +63,14 @@ def test_bad_config_is_one_line_error(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_model_config(tmp_path / "nope.yaml")
+
+
+def test_exponent_without_dot_is_a_number(tmp_path):
+    # PyYAML reads `1e-6` as a string (YAML 1.1); the loader takes it as the number it spells,
+    # in files and in `key=value` overrides alike, and still refuses text that is not a number.
+    path = tmp_path / "m.yaml"
+    path.write_text("layer_norm_eps: 1e-6\n", encoding="utf-8")
+    assert load_model_config(path).layer_norm_eps == 1e-6
+    path.write_text("layer_norm_eps: small\n", encoding="utf-8")
+    with pytest.raises(UserError, match="layer_norm_eps: expected a number, got 'small'"):
+        load_model_config(path)
