@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from ckbert.data_prep.demo_data import demo_sources, load_cmekg
+from ckbert.data_prep.kg_store import build_store_from_file
+from ckbert.data_prep.readers import Tally
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +57,12 @@ def kg_tsv(tmp_path_factory, cmekg_triples) -> Path:
     path = tmp_path_factory.mktemp("kg") / "kg.tsv"
     path.write_text("".join(f"{h}\t{r}\t{t}\n" for h, r, t in cmekg_triples), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory, kg_tsv):
+    """The KG store of the CMeKG slice (out-edges only), built once; tests only read it."""
+    return build_store_from_file(kg_tsv, None, tmp_path_factory.mktemp("store") / "kg", tally=Tally())
 
 
 @pytest.fixture(scope="session")

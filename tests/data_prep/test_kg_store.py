@@ -21,11 +21,6 @@ from ckbert.data_prep.readers import Tally
 from ckbert.errors import UserError
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, kg_tsv):
-    return build_store_from_file(kg_tsv, None, tmp_path_factory.mktemp("s") / "kg", tally=Tally())
-
-
 def test_python_and_arrow_paths_agree(tmp_path, store, kg_tsv):
     tally = Tally()
     slow = build_store(iter_triples(kg_tsv, None, tally), tmp_path / "kg", source=str(kg_tsv), tally=tally)
