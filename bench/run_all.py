@@ -39,10 +39,13 @@ def sections(out: Path, prepared: Path, smoke: bool) -> dict[str, list[str] | No
                               "--out", str(out / "neg_sampling.json")] + (["--rows", "200"] if smoke else []),
         "train_step": py + [str(BENCH / "train_step.py"), "--prepared", str(prepared),
                             "--out", str(out / "train_step.json")]
-        # bench/train_step.py times bf16 autocast, about 15 s per tiny step and 60 s per base step on
-        # this 2-core CPU (batch 8 and 2): its own defaults (batch 32, 8 steps) would take hours here
-        + (["--sizes", "tiny", "--steps", "1", "--warmup", "0", "--batch-size", "4"] if smoke
-           else ["--sizes", "tiny", "base", "--steps", "1", "--warmup", "1", "--batch-size", "8"]),
+        # the variant matrix (MLM / MLM + CMRM x fp32 / bf16 x torch / triton kernels, HF at both
+        # precisions). HF's bf16 steps dominate on this 2-core CPU (about 28 s tiny at batch 8, 10-70 s
+        # base at batch 2): train_step.py's own defaults (batch 32, 8 steps) would take hours here
+        + (["--sizes", "tiny", "--steps", "1", "--warmup", "0", "--batch-size", "2",
+            "--layers", "1", "--threads", "1"] if smoke
+           else ["--sizes", "tiny", "base", "--steps", "1", "--warmup", "1", "--batch-size", "8", "--threads", "1"])
+        + ["--matrix"],
         "prepare": py + [str(BENCH / "prepare_speed.py"), "--demo", str(out / "demo")]
         + (["--max-chars", "20000"] if smoke else []),
         "kg_scale": py + [str(BENCH / "kg_scale.py")] + (["--sizes", "100000"] if smoke else []),

@@ -47,3 +47,11 @@ def test_train_step_default_is_the_single_comparison(bench_module):
     assert bench.parse_variant("mlm/fp32/triton") == bench.Variant("mlm", "fp32", "triton")
     with pytest.raises(Exception, match="OBJECTIVE/PRECISION/KERNELS"):
         bench.parse_variant("cmrm/fp16/torch")
+
+
+@pytest.mark.parametrize("smoke", [True, False])
+def test_run_all_runs_the_train_step_matrix(bench_module, tmp_path, smoke):
+    cmd = bench_module("run_all").sections(tmp_path, tmp_path / "prepared", smoke)["train_step"]
+    assert cmd[1].endswith("train_step.py") and "--matrix" in cmd
+    sizes = cmd[cmd.index("--sizes") + 1 : cmd.index("--steps")]
+    assert sizes == (["tiny"] if smoke else ["tiny", "base"])
