@@ -156,7 +156,7 @@ def bench_size(size: str, batches: list[dict], steps: int, warmup: int, variants
     entries = [(v.name, ours_step(v)) for v in runnable] + [(f"HF/{p}", hf_step(p)) for p in hf_precisions]
     times: dict[str, list[float]] = {name: [] for name, _ in entries}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for i in range(warmup + steps):
+    for i in range(warmup + steps if entries else 0):  # no entries: only Triton variants, without a GPU
         batch = batches[i % len(batches)]
         shift = i % len(entries)  # rotate the order each round
         took = []
@@ -229,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, help="encoder layers (default: the size's own; fewer for smoke runs)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        p.error("--steps must be at least 1 and --warmup at least 0")
     if args.matrix and args.variants:
         p.error("--matrix and --variants exclude each other")
     variants = MATRIX if args.matrix else list(dict.fromkeys(args.variants or [DEFAULT]))

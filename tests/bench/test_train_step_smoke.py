@@ -55,3 +55,16 @@ def test_run_all_runs_the_train_step_matrix(bench_module, tmp_path, smoke):
     assert cmd[1].endswith("train_step.py") and "--matrix" in cmd
     sizes = cmd[cmd.index("--sizes") + 1 : cmd.index("--steps")]
     assert sizes == (["tiny"] if smoke else ["tiny", "base"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+def test_triton_variants_alone_are_reported_not_run_without_a_gpu(bench_module, small_prepared, tmp_path, capsys):
+    bench = bench_module("train_step")
+    out = tmp_path / "triton.json"
+    assert bench.main(["--prepared", str(small_prepared), "--sizes", "tiny", "--batch-size", "2", "--steps", "1",
+                       "--warmup", "0", "--vocab-size", "2048", "--layers", "1", "--variants", "mlm/fp32/triton",
+                       "mlm+cmrm/bf16/triton", "--out", str(out)]) == 0
+    (size,) = json.loads(out.read_text(encoding="utf-8"))["sizes"]
+    assert [(r["variant"], r["status"]) for r in size["rows"]] == [
+        ("mlm/fp32/triton", "not run: no CUDA GPU"), ("mlm+cmrm/bf16/triton", "not run: no CUDA GPU")]
+    assert "speedup" not in size and "| mlm/fp32/triton | not run: no CUDA GPU |" in capsys.readouterr().out
