@@ -36,7 +36,6 @@ Also measured: the collator's time per batch as a share of our tiny training ste
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import statistics
 import sys
@@ -53,7 +52,7 @@ from ckbert.data_prep.dataset import open_prepared
 from ckbert.model import CKBertForPreTraining
 from ckbert.model_config import load_model_config
 from ckbert.optim import build_optimizer, build_scheduler
-from ckbert.train import KeyedRows, PretrainForward, StepContext, to_device, train_step
+from ckbert.train import KeyedRows, PretrainForward, StepContext, autocast_factory, to_device, train_step
 from ckbert.train_config import CMRMConfig, MaskingConfig, OptimConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -96,12 +95,6 @@ def hf_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return labels
 
 
-def precision_context(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    if precision == "bf16":
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
 def bench_size(size: str, batches: list[dict], steps: int, warmup: int, variants: list[Variant] | None = None,
                vocab: int = VOCAB, device: torch.device | None = None, layers: int | None = None) -> dict:
     """Time each variant (and HF at each precision used) on `batches`; one row per variant."""
@@ -134,11 +127,11 @@ def bench_size(size: str, batches: list[dict], steps: int, warmup: int, variants
 
     def ours_step(v: Variant) -> Callable[[dict], None]:
         ctx = dataclasses.replace(base_ctx[v.kernels], forward=PretrainForward(models[v.kernels], v.objective == "mlm+cmrm", 0.5),
-                                  autocast=precision_context(v.precision, device))
+                                  autocast=autocast_factory(v.precision, device))
         return lambda batch: train_step(ctx, [batch])
 
     def hf_step(precision: str) -> Callable[[dict], None]:
-        autocast = precision_context(precision, device)
+        autocast = autocast_factory(precision, device)
 
         def step(batch: dict) -> None:
             hf_opt.zero_grad(set_to_none=True)
