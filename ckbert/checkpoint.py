@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ckbert.config import read_json
 from ckbert.errors import UserError
 
 FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json")
@@ -68,10 +69,7 @@ def check_complete(ckpt: Path, files: tuple[str, ...] = FILES) -> None:
     missing = [f for f in files if not (ckpt / f).is_file()]
     if missing:
         raise UserError(f"checkpoint is incomplete (half written?): missing {', '.join(missing)}", path=ckpt)
-    try:
-        json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"trainer_state.json is unreadable: {exc}", path=ckpt) from None
+    read_json(ckpt / "trainer_state.json", "trainer state")
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
@@ -101,14 +99,27 @@ def resolve_checkpoint(path: str | Path, files: tuple[str, ...] = FILES) -> Path
 
 
 def load_trainer_state(ckpt: Path) -> dict[str, Any]:
-    return json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    return read_json(ckpt / "trainer_state.json", "trainer state")
+
+
+def _reason(path: Path, exc: Exception) -> str:
+    """Why a checkpoint file could not be read, never an empty string (an empty file makes
+    torch.load raise EOFError with no message)."""
+    try:
+        if path.stat().st_size == 0:
+            return "the file is empty (0 bytes; half written?)"
+    except OSError:
+        pass
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else f"{type(exc).__name__} (truncated or not a torch file?)"
 
 
 def load_model_state(ckpt: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(ckpt / "model.safetensors"))
     except Exception as exc:  # safetensors raises its own error types for truncated files
-        raise UserError(f"model.safetensors is unreadable: {exc}", path=ckpt) from None
+        raise UserError(f"model.safetensors is unreadable: {_reason(ckpt / 'model.safetensors', exc)}",
+                        path=ckpt) from None
 
 
 def load_torch_file(ckpt: Path, name: str) -> Any:
@@ -116,4 +127,4 @@ def load_torch_file(ckpt: Path, name: str) -> Any:
     try:
         return torch.load(ckpt / name, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file
-        raise UserError(f"{name} is unreadable: {exc}", path=ckpt) from None
+        raise UserError(f"{name} is unreadable: {_reason(ckpt / name, exc)}", path=ckpt) from None

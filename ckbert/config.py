@@ -4,12 +4,15 @@
 rejecting unknown keys and wrong types with a one-line `UserError` that names the file and the
 dotted key. Dataclasses may define `validate(self)` for cross-field checks; it is called after
 construction. `apply_overrides` applies ``key.sub=value`` strings from the command line (values
-parsed as YAML scalars), so the CLI never grows a flag per field.
+parsed as YAML scalars), so the CLI never grows a flag per field; an error about a key an override
+set names the override, not the file. `read_json` reads a JSON file or raises a one-line `UserError`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import re
 import types
 import typing
@@ -45,6 +48,32 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def read_json(path: str | Path, what: str, *, require_object: bool = True) -> Any:
+    """A JSON file's content, or a one-line `UserError` naming the file and saying why not.
+
+    `what` names the file for the user ("manifest", "trainer state"); by default the top level
+    must be a JSON object (a dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found" + (" (a folder)" if path.is_dir() else ""), path=path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{what} is not valid UTF-8", path=path) from None
+    except OSError as exc:
+        raise UserError(f"cannot read the {what} ({exc.strerror or exc})", path=path) from None
+    if not text.strip():
+        raise UserError(f"{what} is empty (half written?)", path=path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{what} is not valid JSON ({exc.msg}, column {exc.colno})", path=path,
+                        line=exc.lineno) from None
+    if require_object and not isinstance(data, dict):
+        raise UserError(f"{what} must be a JSON object, got {type(data).__name__}", path=path)
+    return data
+
+
 def _check_type(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
@@ -56,29 +85,29 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
                 return _check_type(value, arm, where)
             except UserError as exc:
                 errors.append(str(exc))
-        raise UserError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        raise _KeyError(where, f"{where}: expected {_type_name(tp)}, got {value!r}")
     if tp is type(None):
         if value is None:
             return None
-        raise UserError(f"{where}: expected null, got {value!r}")
+        raise _KeyError(where, f"{where}: expected null, got {value!r}")
     if origin is typing.Literal:
         if value in typing.get_args(tp):
             return value
-        raise UserError(f"{where}: expected one of {list(typing.get_args(tp))}, got {value!r}")
+        raise _KeyError(where, f"{where}: expected one of {list(typing.get_args(tp))}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise UserError(f"{where}: expected a mapping, got {value!r}")
+            raise _KeyError(where, f"{where}: expected a mapping, got {value!r}")
         return _build(tp, value, where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"{where}: expected a list, got {value!r}")
+            raise _KeyError(where, f"{where}: expected a list, got {value!r}")
         args = typing.get_args(tp)
         item_tp = args[0] if args else Any
         items = [_check_type(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
-            raise UserError(f"{where}: expected a mapping, got {value!r}")
+            raise _KeyError(where, f"{where}: expected a mapping, got {value!r}")
         _, vt = typing.get_args(tp) or (Any, Any)
         return {k: _check_type(v, vt, f"{where}.{k}") for k, v in value.items()}
     if tp is float:
@@ -86,22 +115,24 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
             # YAML 1.1 (PyYAML) reads `5e-4` (no dot) as a string; accept it as the number it spells.
             return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{where}: expected a number, got {value!r}")
+            raise _KeyError(where, f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise _KeyError(where, f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{where}: expected an integer, got {value!r}")
+            raise _KeyError(where, f"{where}: expected an integer, got {value!r}")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise UserError(f"{where}: expected true/false, got {value!r}")
+            raise _KeyError(where, f"{where}: expected true/false, got {value!r}")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise UserError(f"{where}: expected a string, got {value!r}")
+            raise _KeyError(where, f"{where}: expected a string, got {value!r}")
         return value
     if isinstance(tp, type) and not isinstance(value, tp):
-        raise UserError(f"{where}: expected {tp.__name__}, got {value!r}")
+        raise _KeyError(where, f"{where}: expected {tp.__name__}, got {value!r}")
     return value
 
 
@@ -115,8 +146,8 @@ def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         prefix = f"{where}." if where else ""
-        raise UserError(
-            f"unknown config key {prefix}{unknown[0]!s} (known: {', '.join(sorted(fields))})"
+        raise _KeyError(
+            f"{prefix}{unknown[0]!s}", f"unknown config key {prefix}{unknown[0]!s} (known: {', '.join(sorted(fields))})"
         )
     kwargs = {}
     for name, value in data.items():
@@ -125,34 +156,72 @@ def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
     try:
         obj = cls(**kwargs)
     except TypeError as exc:  # a required field is missing
-        raise UserError(f"{where or cls.__name__}: {exc}") from None
+        raise _KeyError(where, f"{where or cls.__name__}: {exc}") from None
     validate = getattr(obj, "validate", None)
     if callable(validate):
         try:
             validate()
         except ValueError as exc:
-            raise UserError(f"{where + ': ' if where else ''}{exc}") from None
+            raise _KeyError(where, f"{where + ': ' if where else ''}{exc}") from None
     return obj
 
 
+class _KeyError(UserError):
+    """A config error about one dotted key ('' = the whole config), so that `load_dataclass` can
+    blame the command-line override that set it rather than the file."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+class _Overridden(dict):
+    """The mapping `apply_overrides` returns: remembers which dotted keys the command line set."""
+
+    overrides: dict[str, str]
+
+
+def _blame(overrides: dict[str, str], key: str) -> list[str]:
+    """The overrides that set `key`, a section holding it, or a key inside it."""
+    if not key:
+        return list(overrides.values())
+    return [item for k, item in overrides.items()
+            if k == key or key.startswith(k + ".") or k.startswith(key + ".")]
+
+
 def load_dataclass(cls: type[T], data: dict[str, Any], source: str | Path | None = None) -> T:
-    """Build `cls` from `data`; errors name `source` (a file path) when given."""
+    """Build `cls` from `data`; errors name `source` (a file path) when given, or the command-line
+    override (`apply_overrides`) that set the offending key."""
     try:
         return _build(cls, data, "")
-    except UserError as exc:
+    except _KeyError as exc:
+        items = _blame(getattr(data, "overrides", {}), exc.key)
+        if items and exc.key:
+            raise UserError(f"command-line override {items[-1]!r}: {exc}") from None
+        if items:  # a cross-field check of the whole config: the file and the overrides together
+            raise UserError(f"{exc} (with the command-line overrides {' '.join(items)})",
+                            path=source) from None
         if source is None:
-            raise
+            raise UserError(str(exc)) from None
         raise UserError(str(exc), path=source) from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b=value`` overrides to a nested mapping (values are YAML scalars)."""
-    out = _deepcopy(data)
+    out = _Overridden(_deepcopy(data))
+    out.overrides = dict(getattr(data, "overrides", {}))
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
+        if not key or any(not part for part in key.split(".")):
+            raise UserError(f"override {item!r}: empty key")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as exc:
+            raise UserError(f"override {item!r}: the value is not a YAML scalar or list "
+                            f"({getattr(exc, 'problem', None) or 'invalid YAML'})") from None
+        out.overrides[key] = item
         node = out
         parts = key.split(".")
         for part in parts[:-1]:

@@ -44,6 +44,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from ckbert.config import read_json
 from ckbert.errors import UserError
 from ckbert.parallel import DistEnv
 
@@ -163,10 +164,7 @@ def read_trainer_state(ckpt: str | Path) -> dict[str, Any]:
     path = Path(ckpt) / STATE_FILE
     if not path.is_file():
         raise UserError("not a complete checkpoint (no trainer_state.json)", path=ckpt)
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"unreadable trainer state: {exc}", path=path) from None
+    state = read_json(path, "trainer state")
     if state.get("format") != FORMAT:
         raise UserError(f"not a sharded checkpoint of format {FORMAT} (format: {state.get('format')})", path=path)
     return state

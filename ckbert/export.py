@@ -21,7 +21,7 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ckbert.config import to_dict
+from ckbert.config import read_json, to_dict
 from ckbert.errors import UserError
 from ckbert.hf_io import CardInfo, export_hf_folder
 from ckbert.model_config import ModelConfig, load_model_config, model_config_from_dict
@@ -56,14 +56,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def read_trainer_state(ckpt: Path) -> dict[str, Any]:
-    path = ckpt / STATE_FILE
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"unreadable JSON: {exc}", path=path) from None
-    if not isinstance(state, dict):
-        raise UserError("expected a JSON object", path=path)
-    return state
+    return read_json(ckpt / STATE_FILE, "trainer state")
 
 
 def checkpoint_model_config(state: dict[str, Any], weights: dict, source: Path) -> ModelConfig:

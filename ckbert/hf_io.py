@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ckbert.config import load_dataclass
+from ckbert.config import load_dataclass, read_json
 from ckbert.errors import UserError
 from ckbert.model import CKBertForPreTraining
 from ckbert.model_config import HF_NAMES, ModelConfig, count_parameters
@@ -232,10 +232,7 @@ def read_hf_config(folder: str | Path, **overrides: Any) -> ModelConfig:
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise UserError("not a Hugging Face model folder (no config.json)", path=folder)
-    try:
-        hf = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"invalid JSON: {exc}", path=path) from None
+    hf = read_json(path, "config.json")
     layouts = {model_type: layout for layout, (model_type, _) in HF_NAMES.items()}
     model_type = hf.get("model_type")
     if model_type not in layouts:

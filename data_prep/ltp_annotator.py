@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from pathlib import Path
 
+from ckbert.config import read_json
 from ckbert.data_prep.annotate import Annotation
 from ckbert.data_prep.readers import Sentence
 from ckbert.errors import UserError
@@ -57,11 +57,8 @@ def check_model_folder(path: Path) -> dict:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise UserError("LTP model folder has no config.json (LTP would try the Hugging Face hub instead)", path=path)
-    try:
-        config = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"config.json is not valid JSON ({exc})", path=cfg_file) from None
-    if not isinstance(config, dict) or not config.get("nerual", False):
+    config = read_json(cfg_file, "LTP config.json")
+    if not config.get("nerual", False):
         raise UserError("config.json is not an LTP 4.2 neural model config (needs \"nerual\": true)", path=cfg_file)
     _check_targets(config, cfg_file)
     if not (path / "pytorch_model.bin").is_file():
