@@ -92,6 +92,8 @@ def load_model_config(name_or_path: str | Path, overrides: dict | None = None) -
     """`tiny`/`base`/`large`/`huge` or a YAML path -> validated `ModelConfig`."""
     text = str(name_or_path)
     path = CONFIG_DIR / f"{text}.yaml" if text in SIZES else Path(text)
+    if text not in SIZES and not path.exists() and path.suffix not in (".yaml", ".yml") and "/" not in text:
+        raise UserError(f"unknown model size {text!r} (known sizes: {', '.join(SIZES)}; or a model YAML path)")
     data = read_yaml(path)
     if overrides:
         data = {**data, **overrides}
