@@ -7,18 +7,36 @@ from typing import Any
 
 from ckbert.errors import UserError
 
+# A BERT-family folder's tokenizer is tokenizer.json (fast) or vocab.txt (WordPiece). Without either,
+# transformers 5 still returns a tokenizer: an empty one of the 5 special tokens, which turns every
+# character into [UNK]; so the files are required and the size is checked against the model.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+MIN_TOKENIZER_SIZE = 100  # fewer tokens than this is a placeholder, not a vocabulary
+
 
 def load_tokenizer(model_dir: Path) -> Any:
-    """The folder's fast tokenizer; offsets (CMRC2018, NER) need a fast one."""
+    """The folder's fast tokenizer (offsets for CMRC2018 and NER need a fast one), checked against
+    the model: tokenizer files present, at least `MIN_TOKENIZER_SIZE` tokens, no more tokens than
+    the model's vocab_size. The one check `ckbert finetune`, `clue` and `probe` share."""
     from transformers import AutoTokenizer
 
-    check_model_dir(model_dir)
+    config = check_model_dir(model_dir)
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError("no tokenizer in the model folder (neither tokenizer.json nor vocab.txt); copy the "
+                        "tokenizer the model was trained with into it", path=model_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     except (OSError, ValueError, TypeError) as exc:
         raise UserError(f"cannot load a tokenizer: {str(exc).splitlines()[0]}", path=model_dir) from None
     if not tokenizer.is_fast:
         raise UserError("the tokenizer is not a fast (Rust) tokenizer; offsets need one", path=model_dir)
+    size, vocab = len(tokenizer), config.get("vocab_size")
+    if size < MIN_TOKENIZER_SIZE:
+        raise UserError(f"the tokenizer has only {size} tokens (a placeholder, not the model's vocabulary?)",
+                        path=model_dir)
+    if isinstance(vocab, int) and size > vocab:
+        raise UserError(f"the tokenizer has {size} tokens, more than the model's vocab_size {vocab} "
+                        "(the tokenizer of another model?)", path=model_dir)
     return tokenizer
 
 
