@@ -282,7 +282,8 @@ def write_shard(shards_dir: Path, name: str, rows: dict[str, list], done_info: d
     table = rows_to_table(rows)
     digest = save_table(table, tmp)
     os.replace(tmp, final)
-    info = dict(done_info, rows=table.num_rows, sha256=digest)
+    sizes = {f: (final / f).stat().st_size for f in digest}  # what open_prepared checks on every open
+    info = dict(done_info, rows=table.num_rows, sha256=digest, bytes=sizes)
     write_json_atomic(shards_dir / f"{name}.done", info)
     return table.num_rows
 
