@@ -5,7 +5,8 @@ rejecting unknown keys and wrong types with a one-line `UserError` that names th
 dotted key. Dataclasses may define `validate(self)` for cross-field checks; it is called after
 construction. `apply_overrides` applies ``key.sub=value`` strings from the command line (values
 parsed as YAML scalars), so the CLI never grows a flag per field; an error about a key an override
-set names the override, not the file. `read_json` reads a JSON file or raises a one-line `UserError`.
+set names the override, not the file. `read_json` reads a JSON file or raises a one-line
+`UserError`; `check_number` checks a numeric command-line argument (finite, in range).
 """
 
 from __future__ import annotations
@@ -72,6 +73,20 @@ def read_json(path: str | Path, what: str, *, require_object: bool = True) -> An
     if require_object and not isinstance(data, dict):
         raise UserError(f"{what} must be a JSON object, got {type(data).__name__}", path=path)
     return data
+
+
+def check_number(flag: str, value: float | int | None, low: float | None = None,
+                 high: float | None = None) -> None:
+    """A one-line `UserError` unless `value` (a command-line number; None = not given) is finite and
+    within [low, high]."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise UserError(f"{flag} must be a finite number, got {value}")
+    if low is not None and value < low:
+        raise UserError(f"{flag} must be >= {low:g}, got {value:g}")
+    if high is not None and value > high:
+        raise UserError(f"{flag} must be <= {high:g}, got {value:g}")
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:

@@ -25,6 +25,7 @@ from ckbert.config import read_json, to_dict
 from ckbert.errors import UserError
 from ckbert.hf_io import CardInfo, export_hf_folder
 from ckbert.model_config import ModelConfig, load_model_config, model_config_from_dict
+from ckbert.outputs import check_out_dir
 
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -44,7 +45,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
             path = pointer.resolve()
             break
         if pointer.is_file():
-            path = root / pointer.read_text(encoding="utf-8").strip()
+            path = root / pointer.read_text(encoding="utf-8", errors="replace").strip()
             break
     if not path.is_dir():
         raise UserError("`latest` names a checkpoint that does not exist", path=path)
@@ -141,10 +142,18 @@ def card_info(state: dict[str, Any], run: dict[str, Any], extra_metrics: dict[st
     data_text = f"Prepared dataset `{prepared}`." if prepared else "Not recorded in the checkpoint."
     manifest = Path(prepared) / "manifest.json" if prepared else None
     if manifest is not None and manifest.is_file():
-        m = json.loads(manifest.read_text(encoding="utf-8"))
-        counts, kg = m.get("counts", {}), m.get("kg", {})
-        data_text += (f" {counts.get('documents', '?')} documents, {counts.get('tokens', '?')} tokens, "
-                      f"annotator {m.get('annotator', {}).get('name', '?')} (masking mode "
+        try:
+            m = read_json(manifest, "manifest")
+        except UserError:  # the export itself does not need the dataset; the card says so
+            m = None
+            data_text += " Its manifest.json is unreadable."
+
+        def section(key: str) -> dict:
+            return m[key] if isinstance(m.get(key), dict) else {}
+
+        counts, kg = (section("counts"), section("kg")) if m is not None else ({}, {})
+        data_text += "" if m is None else (f" {counts.get('documents', '?')} documents, {counts.get('tokens', '?')} tokens, "
+                      f"annotator {section('annotator').get('name', '?')} (masking mode "
                       f"{m.get('masking_mode', '?')}); knowledge graph with {kg.get('entities', '?')} "
                       f"entities and {kg.get('triples', '?')} triples.")
     masking = recipe.get("masking") if isinstance(recipe.get("masking"), dict) else {}
@@ -184,31 +193,28 @@ def read_weights(ckpt: Path, state: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path, tokenizer: str | None = None,
-                      metrics: dict[str, Any] | None = None) -> Path:
+                      metrics: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+    check_out_dir(Path(out), overwrite)  # before reading the weights
     ckpt = resolve_checkpoint(ckpt)
     state = read_trainer_state(ckpt)
     weights = read_weights(ckpt, state)
     config = checkpoint_model_config(state, weights, ckpt / STATE_FILE)
     step = int(state.get("step", 0))
     card = card_info(state, run_metrics(ckpt, step), metrics or {})
-    return export_hf_folder(weights, config, find_tokenizer(ckpt, state, tokenizer), out, card)
+    return export_hf_folder(weights, config, find_tokenizer(ckpt, state, tokenizer), out, card, overwrite)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="ckbert export", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="checkpoint folder, or a run folder whose checkpoints/latest names one")
-    parser.add_argument("--out", required=True, help="new Hugging Face model folder (must not exist or be empty)")
+    parser.add_argument("--out", required=True, help="new Hugging Face model folder (must not exist or be empty "
+                        "unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (when the export succeeds)")
     parser.add_argument("--tokenizer", help="tokenizer folder (default: from the checkpoint or its dataset)")
     parser.add_argument("--metrics", help="JSON file {name: value} of measured numbers for the model card")
     args = parser.parse_args(argv)
-    extra: dict[str, Any] = {}
-    if args.metrics:
-        try:
-            extra = json.loads(Path(args.metrics).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"cannot read metrics: {exc}", path=args.metrics) from None
-        if not isinstance(extra, dict):
-            raise UserError("metrics must be a JSON object {name: value}", path=args.metrics)
-    out = export_checkpoint(args.checkpoint, args.out, args.tokenizer, extra)
+    check_out_dir(Path(args.out), args.overwrite)
+    extra: dict[str, Any] = read_json(args.metrics, "metrics file") if args.metrics else {}
+    out = export_checkpoint(args.checkpoint, args.out, args.tokenizer, extra, args.overwrite)
     print(f"exported {out}")
     return 0

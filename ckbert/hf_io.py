@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from ckbert.config import load_dataclass, read_json
 from ckbert.errors import UserError
 from ckbert.model import CKBertForPreTraining
 from ckbert.model_config import HF_NAMES, ModelConfig, count_parameters
+from ckbert.outputs import check_out_dir, commit_dir, staging_dir
 
 MARKER_TOKENS = ("[dep]", "[sdp]")
 
@@ -99,14 +99,15 @@ def export_hf_folder(
     tokenizer_dir: str | Path,
     out: str | Path,
     card: CardInfo,
+    overwrite: bool = False,
 ) -> Path:
     """Write an HF masked-LM folder to `out` (built in a temporary sibling, then renamed, so a
-    crash never leaves a folder that looks complete). `out` must not exist or be empty."""
+    crash never leaves a folder that looks complete; modes follow the umask). `out` must not exist
+    or be empty, unless `overwrite` (then it is replaced whole)."""
     from transformers import AutoTokenizer
 
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError("output folder exists and is not empty", path=out)
+    check_out_dir(out, overwrite)
     _check_state_dict(state_dict, config, source="checkpoint")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
@@ -116,8 +117,7 @@ def export_hf_folder(
         raise UserError(f"tokenizer has {len(tokenizer)} tokens, the model only {config.vocab_size}",
                         path=tokenizer_dir)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = staging_dir(out)
     try:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -126,9 +126,7 @@ def export_hf_folder(
         (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n", encoding="utf-8")
         tokenizer.save_pretrained(str(tmp))
         (tmp / "README.md").write_text(model_card(config, card, tokenizer), encoding="utf-8")
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
+        commit_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

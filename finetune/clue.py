@@ -9,13 +9,17 @@ Overrides apply to every task (``max_steps=100``) or to one (``afqmc.max_steps=1
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 from ckbert.errors import UserError
+from ckbert.finetune.checkpoint import load_tokenizer, max_positions
 from ckbert.finetune.hparams import load_config
 from ckbert.finetune.submission import write_json, write_text, write_zip
 from ckbert.finetune.tasks import CLUE_TASKS, TASKS
+from ckbert.outputs import check_out_dir, output_dir
 
 # Published test-set scores from clue.md: (BERT-base, RoBERTa-wwm-ext). Ours are dev scores.
 REFERENCE: dict[str, tuple[float, float]] = {
@@ -40,6 +44,8 @@ def parse_tasks(spec: str) -> list[str]:
     if spec == "all":
         return list(CLUE_TASKS)
     names = [s.strip().lower() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise UserError(f"--tasks {spec!r} names no task (known: {', '.join(CLUE_TASKS)}, or 'all')")
     for name in names:
         if name not in CLUE_TASKS:
             raise UserError(f"unknown CLUE task {name!r} (known: {', '.join(CLUE_TASKS)}, or 'all')")
@@ -97,7 +103,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--model", required=True, type=Path, help="Hugging Face model folder (BERT family)")
     p.add_argument("--data-root", required=True, type=Path, help="folder holding one unpacked folder per task")
     p.add_argument("--tasks", default="all", help=f"'all' or a comma list of: {', '.join(CLUE_TASKS)}")
-    p.add_argument("--out", required=True, type=Path, help="output folder (one subfolder per task)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (one subfolder per task); must be "
+                   "new or empty unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (when the run succeeds)")
     p.add_argument("--name", help="model name in the submission zip (default: the model folder name)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (task.key=value for one task)")
     args = p.parse_args(argv)
@@ -108,19 +116,37 @@ def main(argv: list[str]) -> int:
     tasks = parse_tasks(args.tasks)
     folders = {t: task_folder(args.data_root, t) for t in tasks}  # fail before hours of training
     configs = {t: load_config(t, None, split_overrides(args.overrides, t)) for t in tasks}
+    limit = max_positions(args.model)
+    load_tokenizer(args.model)  # a folder without (or with a wrong) tokenizer fails here, not after a task
+    for t, cfg in configs.items():
+        if cfg.max_length > limit:
+            raise UserError(f"{t}: max_length {cfg.max_length} exceeds the model's max_position_embeddings "
+                            f"{limit}; set {t}.max_length={limit}", path=args.model)
+    check_out_dir(args.out, args.overwrite)
     name = args.name or args.model.resolve().name
     rows, submissions = [], []
-    for t in tasks:
-        results = finetune(t, args.model, folders[t], args.out / t, configs[t])
-        rows.append({**{k: results[k] for k in ("task", "metric", "dev", "dev_mean", "dev_std", "best_seed", "stats")},
-                     "notes": _notes(results["stats"])})
-        if "submission_file" in results:
-            submissions.append(args.out / t / results["submission_file"])
-        table = results_table(rows)  # rewritten after every task: a crash keeps the finished rows
-        write_text(args.out / "results.md", table)
-        write_json(args.out / "results.json", {"model": str(args.model), "tasks": rows})
-    if submissions:
-        zip_path = write_zip(submissions, args.out, name)
-        print(f"submission: {zip_path} ({', '.join(s.name for s in submissions)})")
+    # Built in a hidden sibling and moved to --out when every task has finished; a failed run keeps
+    # its finished tasks there (named on stderr) and leaves --out as it was.
+    with output_dir(args.out, args.overwrite, keep_partial=True) as staging:
+        try:
+            for t in tasks:
+                results = finetune(t, args.model, folders[t], staging / t, configs[t])
+                rows.append({**{k: results[k] for k in ("task", "metric", "dev", "dev_mean", "dev_std", "best_seed",
+                                                        "stats")}, "notes": _notes(results["stats"])})
+                if "submission_file" in results:
+                    submissions.append(staging / t / results["submission_file"])
+                table = results_table(rows)  # rewritten after every task: a crash keeps the finished rows
+                write_text(staging / "results.md", table)
+                write_json(staging / "results.json", {"model": str(args.model), "tasks": rows})
+            zip_name = write_zip(submissions, staging, name).name if submissions else None
+        except BaseException:
+            if rows:
+                print(f"ckbert clue: the {len(rows)} finished task(s) of this run are kept in {staging}",
+                      file=sys.stderr)
+            else:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+    if zip_name is not None:
+        print(f"submission: {args.out / zip_name} ({', '.join(s.name for s in submissions)})")
     print(table, end="")
     return 0

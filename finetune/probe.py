@@ -25,6 +25,7 @@ import torch
 from ckbert.errors import UserError
 from ckbert.finetune.checkpoint import check_model_dir, load_model, load_tokenizer
 from ckbert.finetune.submission import write_json
+from ckbert.outputs import check_out_file
 
 DEFAULT_TEMPLATE = "{head}的{relation}是{tail}。"
 
@@ -219,12 +220,18 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--random-init", action="store_true", help="same architecture and tokenizer, random weights (chance baseline)")
-    p.add_argument("--out", type=Path, help="write the report as JSON here")
+    p.add_argument("--out", type=Path, help="write the report as JSON to this file (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = p.parse_args(argv)
     if "{tail}" not in args.template or "{head}" not in args.template:
         raise UserError("--template must contain {head} and {tail}")
-    if args.k < 1 or args.max_triples < 1 or args.max_tail_tokens < 1 or args.batch_size < 1:
-        raise UserError("--k, --max-triples, --max-tail-tokens and --batch-size must be >= 1")
+    for flag in ("k", "max_triples", "max_tail_tokens", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if args.out is not None:
+        check_out_file(args.out, args.overwrite)  # before any work: never after the scoring
     from transformers import AutoModelForMaskedLM
 
     from ckbert.data_prep.kg_store import KGStore

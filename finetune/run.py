@@ -14,6 +14,7 @@ from pathlib import Path
 from ckbert.errors import UserError
 from ckbert.finetune.hparams import load_config
 from ckbert.finetune.tasks import OFFLINE_TASKS, TASKS, get_task
+from ckbert.outputs import check_out_dir, output_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS)}")
     p.add_argument("--model", required=True, type=Path, help="Hugging Face model folder (BERT family)")
     p.add_argument("--data", type=Path, help="the task's unpacked CLUE folder (offline tasks: optional)")
-    p.add_argument("--out", required=True, type=Path, help="output folder (results.json, submission file)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (results.json, submission file); "
+                   "must be new or empty unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (when the run succeeds)")
     p.add_argument("--config", type=Path, help="YAML recipe instead of configs/finetune/<task>.yaml")
     p.add_argument("--name", help="model name in the submission zip (default: the model folder name)")
     p.add_argument(
@@ -38,14 +41,16 @@ def main(argv: list[str]) -> int:
     if args.data is None and args.task not in OFFLINE_TASKS:
         raise UserError(f"task {args.task} needs --data (the unpacked CLUE folder)")
     cfg = load_config(args.task, args.config, args.overrides)
+    check_out_dir(args.out, args.overwrite)  # before any work; written whole at the end
     from ckbert.finetune.train import finetune
 
     name = args.name or args.model.resolve().name
-    results = finetune(
-        args.task, args.model, args.data, args.out, cfg,
-        submission_name=name if task.submission_name else None, save_model=args.save_model,
-        random_init=args.random_init,
-    )
+    with output_dir(args.out, args.overwrite) as staging:
+        results = finetune(
+            args.task, args.model, args.data, staging, cfg,
+            submission_name=name if task.submission_name else None, save_model=args.save_model,
+            random_init=args.random_init,
+        )
     summary = {k: results[k] for k in ("task", "metric", "dev", "dev_mean", "dev_std") if k in results}
     for key in ("test", "majority_baseline"):
         if key in results:

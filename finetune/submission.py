@@ -10,13 +10,14 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from ckbert.outputs import write_text_atomic
+
 
 def write_text(path: Path, text: str) -> None:
-    """Write via a temporary name and rename, so a crash never leaves a complete-looking file."""
+    """Write via a temporary name and rename, so a crash never leaves a complete-looking file (nor
+    the temporary one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def write_json(path: Path, data: Any) -> None:
