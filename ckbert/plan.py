@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from ckbert.config import read_yaml
+from ckbert.config import check_number, read_yaml
 from ckbert.errors import UserError
 from ckbert.model_config import ModelConfig, count_parameters, load_model_config
 
@@ -49,6 +49,9 @@ GIB = 1 << 30
 CUDA_OVERHEAD = int(1.5 * GIB)
 FRAGMENTATION = 0.05
 DEFAULT_VOCAB = 21130  # Chinese BERT vocabulary + [dep] + [sdp], for configs whose vocab is null
+# Sanity bounds of the command line (a typo, not a real cluster or card, beyond them).
+MAX_GPUS = 100_000
+MIN_GPU_MEM_GIB, MAX_GPU_MEM_GIB = 0.5, 16_384
 
 
 @dataclass(frozen=True)
@@ -235,7 +238,10 @@ def _load(path: str) -> tuple[ModelConfig, Workload, int | None, str]:
     """A model config, or a pretraining recipe (model + workload + micro-batch)."""
     data = read_yaml(path)
     if "data" not in data and "train" not in data:
-        return load_model_config(path), Workload(), None, "model config; workload: defaults"
+        config = load_model_config(path)
+        seq = min(Workload.seq_len, config.max_position_embeddings)
+        work = Workload(seq_len=seq, mlm_targets=math.ceil(0.15 * seq))
+        return config, work, None, "model config; workload: defaults"
     from ckbert.train_config import load_pretrain_config
 
     recipe = load_pretrain_config(path)
@@ -257,13 +263,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--gpu-mem", type=float, required=True, help="memory per GPU in GiB (an 80 GB card: 79)")
     parser.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: recipe or 512)")
     args = parser.parse_args(argv)
-    if args.gpus < 1 or args.gpu_mem <= 0:
-        raise UserError("--gpus must be >= 1 and --gpu-mem > 0")
+    check_number("--gpus", args.gpus, low=1, high=MAX_GPUS)
+    check_number("--gpu-mem", args.gpu_mem, low=MIN_GPU_MEM_GIB, high=MAX_GPU_MEM_GIB)
+    check_number("--seq-len", args.seq_len, low=1)
     if not Path(args.config).is_file():
         raise UserError("config file not found", path=args.config)
     config, work, recipe_batch, source = _load(args.config)
-    if args.seq_len:
+    if args.seq_len is not None:
         work = replace(work, seq_len=args.seq_len, mlm_targets=math.ceil(0.15 * args.seq_len))
+    if work.seq_len > config.max_position_embeddings:
+        given = "--seq-len" if args.seq_len is not None else "the recipe's data.max_length"
+        raise UserError(f"{given} {work.seq_len} exceeds the model's max_position_embeddings "
+                        f"{config.max_position_embeddings}", path=args.config)
     vocab_note = "" if config.vocab_size is not None else f" (vocab_size null: {DEFAULT_VOCAB} assumed)"
     counts = param_counts(replace(config, vocab_size=config.vocab_size or DEFAULT_VOCAB))
     print(f"{args.config}: {source}{vocab_note}")

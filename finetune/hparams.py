@@ -51,6 +51,12 @@ class FinetuneConfig:
             raise ValueError("doc_stride and max_answer_length must be >= 1")
         if self.max_train_examples < 0 or self.max_eval_examples < 0 or self.eval_steps < 0:
             raise ValueError("max_*_examples and eval_steps must be >= 0")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be -1 (train for `epochs`) or >= 1, got {self.max_steps}")
+        if any(not 0 <= seed < 2**32 for seed in self.seeds):
+            raise ValueError(f"seeds must be in [0, 2**32), got {self.seeds}")
+        if self.weight_decay < 0 or self.dataloader_workers < 0:
+            raise ValueError("weight_decay and dataloader_workers must be >= 0")
 
 
 def load_config(task: str, config_file: Path | None, overrides: list[str]) -> FinetuneConfig:
