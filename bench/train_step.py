@@ -51,7 +51,7 @@ from ckbert.collator import PretrainCollator
 from ckbert.data_prep.dataset import open_prepared
 from ckbert.model import CKBertForPreTraining
 from ckbert.model_config import load_model_config
-from ckbert.optim import build_optimizer, build_scheduler
+from ckbert.optim import build_optimizer
 from ckbert.train import KeyedRows, PretrainForward, StepContext, autocast_factory, to_device, train_step
 from ckbert.train_config import CMRMConfig, MaskingConfig, OptimConfig
 
@@ -118,8 +118,7 @@ def bench_size(size: str, batches: list[dict], steps: int, warmup: int, variants
     base_ctx = {}
     for k, model in models.items():
         opt = build_optimizer(model, ocfg)
-        base_ctx[k] = StepContext(None, opt, build_scheduler(opt, 0.0, 1000),
-                                  torch.amp.GradScaler(device.type, enabled=False), None, 0.09, 1.0,
+        base_ctx[k] = StepContext(None, opt, torch.amp.GradScaler(device.type, enabled=False), None, 0.09, 1.0,
                                   list(model.parameters()))
         model.train()
     hf_opt = build_optimizer(hf, ocfg)

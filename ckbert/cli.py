@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "kg-stats": ("ckbert.data_prep.kg_stats", "summarise a knowledge-graph store"),
     "pretrain": ("ckbert.train", "pretrain with LMLM + CMRM from a YAML config"),
     "export": ("ckbert.export", "checkpoint -> Hugging Face model folder (safetensors)"),
+    "eval": ("ckbert.mlm_eval", "held-out MLM loss and top-1 (random-token and LMLM masks), CMRM accuracy, "
+                                "beside the unigram baseline"),
     "plan": ("ckbert.plan", "predict per-GPU memory and the largest micro-batch"),
     "finetune": ("ckbert.finetune.run", "fine-tune and evaluate one CLUE or demo task"),
     "clue": ("ckbert.finetune.clue", "run several CLUE tasks and write one results table"),

@@ -4,7 +4,8 @@ Rows follow the prepared-dataset schema (docs/contracts.md). For each row the co
 
 1. picks whole words as prediction targets within a budget of `rate` x tokens (method.md, sec. 1):
    mode "arcs": DEP arcs (30%), SDP arcs (30%), then random whole words for the rest;
-   mode "words": linked entity mentions and content words (by POS) first, then random words;
+   mode "words": linked entity mentions and content words (by POS) take `priority_share` (60%),
+   random whole words the rest;
    (`masking.strategy` "whole_word" / "random_token" replace this choice with random whole words /
    random single tokens, same budget, no markers: the ablation's baselines);
 2. inserts `[dep]`/`[sdp]` markers around the words that whitelisted relations name; the markers
@@ -193,7 +194,8 @@ class PretrainCollator:
             for s, e in zip(ent_start, ent_end, strict=True):
                 priority[word_ids[s:e]] = True
             cand = np.flatnonzero(priority)
-            used += self._fill(rng.permutation(cand), word_len, masked, budget, source, SRC_PRIORITY)
+            share = _stochastic_round(budget * self.masking.priority_share, rng)  # the rest: random words
+            used += self._fill(rng.permutation(cand), word_len, masked, share, source, SRC_PRIORITY)
         if self.masking.strategy != "random_token":
             used += self._fill(rng.permutation(n_words), word_len, masked, budget - used, source, SRC_RANDOM)
 
@@ -300,7 +302,11 @@ class PretrainCollator:
         names differing only in [UNK] characters): a negative identical to its positive, or to an
         earlier negative, is dropped and counted as a missing slot.
 
-        Returns sample_input_ids [S, Ls], sample_attention_mask [S, Ls], sample_index [N, 1+K]."""
+        A mention left without any negative would have a one-candidate softmax (loss 0, no
+        gradient): it is dropped and counted as `no_negative`, not averaged into the loss.
+
+        Returns sample_input_ids [S, Ls], sample_attention_mask [S, Ls], sample_index [N', 1+K] and
+        the kept mentions' indices [N'] into `slots`."""
         enc = self.tok(texts, padding=True, truncation=True, max_length=self.cmrm.sample_chars + 2,
                        return_tensors="np", return_token_type_ids=False)
         ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
@@ -311,6 +317,7 @@ class PretrainCollator:
         to_new = new_of_kept[first[remap.reshape(-1)]]  # old text index -> row of the merged tensors
         k = self.cmrm.negatives
         index = np.full((len(slots), 1 + k), -1, dtype=np.int64)
+        kept = np.zeros(len(slots), dtype=bool)
         for n, row in enumerate(slots):
             out = [int(to_new[row[0]])]
             for old in row[1:]:
@@ -323,7 +330,11 @@ class PretrainCollator:
                 if len([o for o in row[1:] if o >= 0]) == k:
                     stats["shortfall"] += 1
             index[n, : len(out)] = out
-        return ids[keep], mask[keep], torch.from_numpy(index)
+            kept[n] = len(out) > 1
+            if not kept[n]:
+                stats["no_negative"] += 1
+                stats["mentions"] -= 1
+        return ids[keep], mask[keep], torch.from_numpy(index[kept]), np.flatnonzero(kept)
 
     # ---- batch ------------------------------------------------------------------------------
     def __call__(self, items: list[tuple[int, int, dict[str, Any]]]) -> dict[str, torch.Tensor]:
@@ -374,7 +385,9 @@ class PretrainCollator:
         batch["mention_end"] = torch.tensor(m_end, dtype=torch.long)
         batch["sample_index"] = torch.zeros((0, 1 + k), dtype=torch.long)
         if texts:
-            sample_ids, sample_mask, batch["sample_index"] = self._tokenize_samples(list(texts), m_slots, stats)
+            sample_ids, sample_mask, batch["sample_index"], kept = self._tokenize_samples(list(texts), m_slots, stats)
+            for key in ("mention_index", "mention_start", "mention_end"):
+                batch[key] = batch[key][torch.from_numpy(kept)]
             batch["sample_input_ids"] = torch.from_numpy(sample_ids)
             batch["sample_attention_mask"] = torch.from_numpy(sample_mask)
         else:

@@ -1,12 +1,21 @@
-"""MLM loss of a plain Hugging Face checkpoint on the held-out rows of a prepared dataset, and
-fill-mask examples (used by run_pretrain.sh to compare the exported model with its untrained twin).
+"""`ckbert eval`: judge any Hugging Face masked-LM folder as a user would, on held-out rows.
 
-    python -m ckbert.mlm_eval --model HF_DIR --prepared DIR [--eval-rows 128] [--untrained] [--examples 5]
+    ckbert eval --model HF_DIR [HF_DIR ...] --prepared DIR [--eval-rows 256] [--examples 5] [--json]
 
-The model is loaded with `AutoModelForMaskedLM` (no ckbert code involved); `--untrained` builds
-the same architecture from its config.json with fresh weights (seeded). The held-out rows and their
-masks are those of the training run's evaluation (`ckbert.train.heldout_start`, collator epoch 0,
-CMRM off): rows the run never trained on.
+The model is loaded with plain `transformers.AutoModelForMaskedLM` (no ckbert model code). On the
+rows a pretraining run with the same `data.eval_rows` never trains on (`ckbert.heldout`), it
+reports, beside the unigram baseline of the training rows:
+
+- MLM loss and top-1 accuracy on random-token masks (15% single tokens, all [MASK]);
+- the same on the objective's masks (LMLM, 80/10/10 corruption, as in training);
+- CMRM: how often a mention's positive sample text scores above its K negatives (cosine of the
+  mention's mean last-layer state and the sample's masked mean; a tie is a loss), beside chance,
+  and the loss at `--temperature`;
+- the mean cosine between last-layer states of different positions (1.0 = collapsed);
+- with `--examples N`, fill-mask answers for N held-out rows.
+
+`--untrained` scores the same architecture with fresh (seeded) weights. Several `--model`
+folders are printed side by side; `--json` prints one JSON object per model instead.
 """
 
 from __future__ import annotations
@@ -14,27 +23,61 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 import torch
 
+from ckbert import heldout
 from ckbert.collator import PretrainCollator
-from ckbert.train import KeyedRows, heldout_start
+from ckbert.errors import UserError
+from ckbert.objectives import cmrm_scores, masked_mean_pool, mention_anchors
+from ckbert.train import KeyedRows
 from ckbert.train_config import CMRMConfig, MaskingConfig
 
 
-def heldout_loss(model, collator: PretrainCollator, rows: KeyedRows, keys: list[tuple[int, int]],
-                 batch_size: int = 32) -> tuple[float, int]:
-    """Mean cross-entropy over all targets of the held-out rows (full-vocabulary HF logits)."""
-    total, count = 0.0, 0
+@torch.no_grad()
+def evaluate_hf(model, prepared: tuple, eval_rows: int, seed: int = 0, temperature: float = 0.5,
+                batch_size: int = 32) -> dict[str, Any]:
+    """Every number of the module docstring for one loaded HF masked-LM model."""
+    manifest, ds, kg, tok = prepared
+    n_train = heldout.heldout_start(len(ds), eval_rows)
+    keys = [(0, r) for r in range(n_train, len(ds))]
+    vocab = model.config.vocab_size
+    if len(tok) > vocab:
+        raise UserError(f"the model's vocabulary ({vocab}) is smaller than the dataset's tokenizer ({len(tok)})")
+    unigram = heldout.unigram_log_probs(ds, n_train, vocab)
+    max_length = int(manifest["seq_len"]) + 2
+    cmrm = CMRMConfig(enabled=kg is not None, temperature=temperature)
+    collators = {"eval_rand": PretrainCollator(tok, manifest, None, heldout.RANDOM_TOKEN_EVAL,
+                                               CMRMConfig(enabled=False), max_length, seed),
+                 "eval": PretrainCollator(tok, manifest, kg if cmrm.enabled else None, MaskingConfig(), cmrm,
+                                          max_length, seed)}
     model.eval()
-    with torch.no_grad():
+    encoder = model.base_model
+    rows = KeyedRows(ds)
+    result: dict[str, Any] = {"heldout_rows": len(keys)}
+    cosines = []
+    for name, collator in collators.items():
+        sums: dict[str, float] = {}
         for i in range(0, len(keys), batch_size):
             batch = collator(rows.__getitems__(keys[i : i + batch_size]))
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            flat = logits.reshape(-1, logits.shape[-1]).index_select(0, batch["mlm_positions"])
-            total += torch.nn.functional.cross_entropy(flat.float(), batch["mlm_labels"], reduction="sum").item()
-            count += batch["mlm_labels"].numel()
-    return total / max(count, 1), count
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+            logits = out.logits.reshape(-1, out.logits.shape[-1]).index_select(0, batch["mlm_positions"])
+            heldout.add(sums, heldout.mlm_counts(logits, batch["mlm_labels"], unigram))
+            hidden = out.hidden_states[-1]
+            cosines.append(float(heldout.mean_pairwise_cosine(hidden, batch["attention_mask"])))
+            if batch["sample_index"].shape[0]:
+                samples = encoder(input_ids=batch["sample_input_ids"],
+                                  attention_mask=batch["sample_attention_mask"]).last_hidden_state
+                anchor = mention_anchors(hidden, batch["mention_index"], batch["mention_start"], batch["mention_end"])
+                scores = cmrm_scores(anchor, masked_mean_pool(samples, batch["sample_attention_mask"]),
+                                     batch["sample_index"], temperature)
+                heldout.add(sums, heldout.cmrm_counts(scores))
+        result.update(heldout.summarise(sums, name))
+        result.update({f"{name}_{k}": v for k, v in heldout.summarise_cmrm(sums).items()})
+        result[f"{name}_targets"] = int(sums.get("n", 0))
+    result["eval_cosine"] = sum(cosines) / max(len(cosines), 1)
+    return result
 
 
 def fill_mask_examples(model_dir: str, dataset, tokenizer, start: int, n: int) -> list[dict]:
@@ -62,35 +105,78 @@ def fill_mask_examples(model_dir: str, dataset, tokenizer, start: int, n: int) -
     return out
 
 
+def table(results: list[dict[str, Any]], names: list[str]) -> str:
+    """Markdown: one column per model, then the unigram baseline."""
+    first = results[0]
+
+    def pct(x: float) -> str:
+        return f"{100 * x:.1f}%"
+
+    rows = [("MLM loss, random-token masks (nats)", "eval_rand_mlm", "eval_rand_unigram_mlm", "{:.3f}".format),
+            ("top-1, random-token masks", "eval_rand_top1", "eval_rand_unigram_top1", pct),
+            ("MLM loss, LMLM masks (nats)", "eval_mlm", "eval_unigram_mlm", "{:.3f}".format),
+            ("top-1, LMLM masks", "eval_top1", "eval_unigram_top1", pct),
+            ("CMRM: positive ranked first", "eval_cmrm_acc", "eval_cmrm_chance", pct),
+            ("CMRM loss", "eval_cmrm", None, "{:.3f}".format),
+            ("cosine between positions", "eval_cosine", None, "{:.2f}".format)]
+    lines = ["| held-out | " + " | ".join(names) + " | unigram baseline / chance |",
+             "| --- |" + " --- |" * (len(names) + 1)]
+    for label, key, base, fmt in rows:
+        if key not in first:
+            continue
+        cells = [fmt(r[key]) if key in r else "-" for r in results]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {fmt(first[base]) if base else ''} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     from transformers import AutoConfig, AutoModelForMaskedLM
 
     from ckbert.data_prep.dataset import open_prepared
 
-    p = argparse.ArgumentParser(prog="python -m ckbert.mlm_eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="Hugging Face model folder (e.g. from `ckbert export`)")
-    p.add_argument("--prepared", required=True, help="prepared dataset folder the model was trained on")
-    p.add_argument("--eval-rows", type=int, default=128, help="as data.eval_rows of the training recipe")
-    p.add_argument("--seed", type=int, default=0, help="collator seed (as the recipe's) and init seed")
+    p = argparse.ArgumentParser(prog="ckbert eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, nargs="+", help="Hugging Face model folder(s), e.g. from `ckbert export`")
+    p.add_argument("--name", nargs="+", help="a column name per model (default: the folder)")
+    p.add_argument("--prepared", required=True, help="prepared dataset folder (the same tokenizer as the models)")
+    p.add_argument("--eval-rows", type=int, default=256, help="as data.eval_rows of the training recipe")
+    p.add_argument("--seed", type=int, default=0, help="mask seed (and init seed with --untrained)")
+    p.add_argument("--temperature", type=float, default=0.5, help="CMRM temperature for the loss")
     p.add_argument("--untrained", action="store_true", help="fresh weights, same architecture")
-    p.add_argument("--examples", type=int, default=0, help="print this many fill-mask examples")
+    p.add_argument("--examples", type=int, default=0, help="fill-mask examples per model")
+    p.add_argument("--json", action="store_true", help="one JSON object per model instead of the table")
     args = p.parse_args(argv)
-    manifest, ds, kg, tok = open_prepared(args.prepared)
-    if args.untrained:
-        torch.manual_seed(args.seed)
-        model = AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(args.model))
-    else:
-        model = AutoModelForMaskedLM.from_pretrained(args.model)
-    collator = PretrainCollator(tok, manifest, None, MaskingConfig(), CMRMConfig(enabled=False),
-                                int(manifest["seq_len"]) + 2, args.seed)
-    start = heldout_start(len(ds), args.eval_rows)
-    loss, count = heldout_loss(model, collator, KeyedRows(ds), [(0, r) for r in range(start, len(ds))])
-    result = {"model": args.model, "untrained": args.untrained, "heldout_rows": len(ds) - start,
-              "targets": count, "mlm_loss": round(loss, 4)}
-    if args.examples:
-        result["fill_mask"] = fill_mask_examples(args.model, ds, tok, start, args.examples)
-    json.dump(result, sys.stdout, ensure_ascii=False)
-    print()
+    if args.eval_rows < 1 or args.examples < 0 or not args.temperature > 0:
+        raise UserError("--eval-rows must be >= 1, --examples >= 0 and --temperature > 0")
+    if args.name and len(args.name) != len(args.model):
+        raise UserError(f"--name gives {len(args.name)} names for {len(args.model)} models")
+    prepared = open_prepared(args.prepared)
+    results = []
+    for folder in args.model:
+        try:
+            if args.untrained:
+                torch.manual_seed(args.seed)
+                model = AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(folder))
+            else:
+                model = AutoModelForMaskedLM.from_pretrained(folder)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot load the model: {str(exc).splitlines()[0]}", path=folder) from None
+        result = {"model": folder, "untrained": args.untrained,
+                  **evaluate_hf(model.float(), prepared, args.eval_rows, args.seed, args.temperature)}
+        if args.examples:
+            start = heldout.heldout_start(len(prepared[1]), args.eval_rows)
+            result["fill_mask"] = fill_mask_examples(folder, prepared[1], prepared[3], start, args.examples)
+        results.append(result)
+        if args.json:
+            print(json.dumps(result, ensure_ascii=False), flush=True)
+    if not args.json:
+        names = args.name or args.model
+        print(f"{results[0]['heldout_rows']} held-out rows never trained on, "
+              f"{results[0]['eval_rand_targets']} random-token targets:")
+        print(table(results, names))
+        for name, r in zip(names, results, strict=True):
+            for ex in r.get("fill_mask", []):
+                i = ex["text"].index("[MASK]")
+                print(f"  {name}: ...{ex['text'][max(0, i - 20) : i + 26]}...  {ex['answer']} -> {' '.join(ex['top3'])}")
     return 0
 
 

@@ -381,6 +381,14 @@ class CKBertForPreTraining(nn.Module):
         elif isinstance(module, Predictions):
             nn.init.zeros_(module.bias)
 
+    def set_dropout(self, p: float) -> None:
+        """Use dropout probability `p` everywhere from now on (a training-run choice, e.g. none in
+        pretraining); `self.config` keeps its values, so an export still carries the model's own."""
+        for module in self.modules():
+            for name in ("dropout_p", "p"):
+                if isinstance(getattr(module, name, None), float) and module is not self:
+                    setattr(module, name, float(p))
+
     @property
     def decoder_weight(self) -> torch.Tensor:
         """[V, H]: the decoder is tied to the word embeddings."""

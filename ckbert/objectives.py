@@ -50,6 +50,16 @@ def masked_mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torc
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
+def cmrm_scores(anchor: torch.Tensor, sample_emb: torch.Tensor, sample_index: torch.Tensor,
+                temperature: float) -> torch.Tensor:
+    """anchor [N, H], sample_emb [S, H], sample_index [N, 1+K] -> cosine / temperature [N, 1+K] of
+    each mention's positive (slot 0) and K negatives; -inf where a negative is missing (-1)."""
+    a = F.normalize(anchor.float(), dim=-1)
+    s = F.normalize(sample_emb.float(), dim=-1)
+    picked = (a @ s.T / temperature).gather(1, sample_index.clamp(min=0))  # [N, 1+K]
+    return picked.masked_fill(sample_index < 0, float("-inf"))
+
+
 def cmrm_loss(anchor: torch.Tensor, sample_emb: torch.Tensor, sample_index: torch.Tensor,
               temperature: float, in_batch_negatives: bool = False) -> torch.Tensor:
     """Contrastive loss over mentions (method.md, section 2).
@@ -63,12 +73,10 @@ def cmrm_loss(anchor: torch.Tensor, sample_emb: torch.Tensor, sample_index: torc
     """
     if anchor.shape[0] == 0:
         return anchor.sum() * 0.0 + sample_emb.sum() * 0.0
-    a = F.normalize(anchor.float(), dim=-1)
-    s = F.normalize(sample_emb.float(), dim=-1)
-    scores = a @ s.T / temperature  # [N, S]
     if in_batch_negatives:
-        return F.cross_entropy(scores, sample_index[:, 0])
-    picked = scores.gather(1, sample_index.clamp(min=0))  # [N, 1+K]
-    picked = picked.masked_fill(sample_index < 0, float("-inf"))
+        a = F.normalize(anchor.float(), dim=-1)
+        s = F.normalize(sample_emb.float(), dim=-1)
+        return F.cross_entropy(a @ s.T / temperature, sample_index[:, 0])
+    picked = cmrm_scores(anchor, sample_emb, sample_index, temperature)
     target = torch.zeros(anchor.shape[0], dtype=torch.long, device=anchor.device)
     return F.cross_entropy(picked, target)

@@ -1,12 +1,11 @@
 """Optimizers and the learning-rate schedule for pretraining (method.md, section 3).
 
 AdamW (torch) or LAMB (below, for large batches), both without weight decay on biases and
-LayerNorm weights; a linear warm-up followed by a linear decay to zero.
+LayerNorm weights; a linear warm-up followed by a linear decay to zero over the run's budget
+(steps, wall time or tokens: `BudgetSchedule`).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
@@ -71,14 +70,73 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, warmup_ratio: float,
-                    max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """lr factor: step/warmup during warm-up, then linear decay to 0 at max_steps."""
-    warmup = math.ceil(warmup_ratio * max_steps)
+class BudgetSchedule:
+    """Linear warm-up, then linear decay to zero, over the run's budget (method.md, section 3).
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (max_steps - step) / max(1, max_steps - warmup))
+    The budget is whichever limit the recipe sets: optimizer steps (`train.max_steps`), wall time
+    (`train.max_minutes`) and tokens (`train.max_tokens`); progress p is the largest share used of
+    any of them, so warm-up and decay are fractions of the budget and a run that stops on its time
+    box or token budget still ends annealed (small-budget recipes schedule by elapsed time: Geiping
+    and Goldstein, "Cramming", 2022; Izsak et al., 2021). A step-bounded run (no other budget) gets
+    the plain step schedule. Before update s (0-based): p = max(s / S, t / T, n / N); the factor is
+    min(1, p' / w) during warm-up (p' the same with s + 1, so the first update is not at lr 0) and
+    (1 - p) / (1 - w) after it. The run stops when p reaches 1.
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    `state_dict` holds the step, elapsed seconds and tokens (plain numbers), so a resumed run goes
+    on where the schedule stood, wall time included.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_ratio: float, max_steps: int,
+                 max_seconds: float = 0.0, max_tokens: int = 0):
+        self.optimizer = optimizer
+        self.warmup_ratio = warmup_ratio
+        self.max_steps = max_steps
+        self.max_seconds = max_seconds
+        self.max_tokens = max_tokens
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.steps, self.elapsed_s, self.tokens = 0, 0.0, 0
+        self._apply()
+
+    def progress(self, next_step: bool = False) -> float:
+        shares = [(self.steps + int(next_step)) / self.max_steps]
+        if self.max_seconds > 0:
+            shares.append(self.elapsed_s / self.max_seconds)
+        if self.max_tokens > 0:
+            shares.append(self.tokens / self.max_tokens)
+        return max(shares)
+
+    def factor(self) -> float:
+        w, p = self.warmup_ratio, self.progress()
+        if p < w:
+            return min(1.0, self.progress(next_step=True) / w)
+        return max(0.0, (1.0 - p) / (1.0 - w)) if w < 1 else 0.0
+
+    def done(self) -> bool:
+        return self.progress() >= 1.0
+
+    def _apply(self) -> None:
+        f = self.factor()
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * f
+
+    def advance(self, elapsed_s: float, tokens: int = 0) -> None:
+        """Account one optimizer step, the wall time and tokens since the last call; set the next lr."""
+        self.steps += 1
+        self.elapsed_s += elapsed_s
+        self.tokens += tokens
+        self._apply()
+
+    def step(self) -> None:  # the LRScheduler interface (step-bounded use)
+        self.advance(0.0)
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "elapsed_s": self.elapsed_s, "tokens": self.tokens}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps, self.elapsed_s, self.tokens = int(state["steps"]), float(state["elapsed_s"]), int(state["tokens"])
+        self._apply()
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, warmup_ratio: float, max_steps: int,
+                    max_seconds: float = 0.0, max_tokens: int = 0) -> BudgetSchedule:
+    return BudgetSchedule(optimizer, warmup_ratio, max_steps, max_seconds, max_tokens)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import math
@@ -28,12 +29,14 @@ from torch import nn
 
 from ckbert import checkpoint as ckpt_io
 from ckbert.collator import CMRM_STAT_KEYS, PretrainCollator
+from ckbert import heldout
 from ckbert.config import to_dict
 from ckbert.errors import UserError
+from ckbert.heldout import heldout_start
 from ckbert.model import CKBertForPreTraining
 from ckbert.model_config import ModelConfig, load_model_config, model_config_from_dict, resolve_vocab_size
-from ckbert.objectives import cmrm_loss, masked_mean_pool, mention_anchors, mlm_loss
-from ckbert.optim import build_optimizer, build_scheduler
+from ckbert.objectives import cmrm_loss, cmrm_scores, masked_mean_pool, mention_anchors, mlm_loss
+from ckbert.optim import BudgetSchedule, build_optimizer, build_scheduler
 from ckbert.train_config import PretrainConfig, load_pretrain_config
 from ckbert.world import World
 
@@ -53,9 +56,13 @@ class PretrainForward(nn.Module):
         self.temperature = temperature
         self.in_batch_negatives = in_batch_negatives
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor], detail: bool = False) -> dict[str, torch.Tensor]:
+        """The terms {"mlm", "cmrm"}; with `detail` (evaluation), instead the MLM logits at the
+        targets [M, V], the CMRM scores [N, 1+K] and the collapse signal (ckbert.heldout)."""
         model = self.model
         hidden = model.encode(batch["input_ids"], batch["attention_mask"])  # [B, L, H]
+        if detail:
+            return self._detail(batch, hidden)
         rows = model.mlm_hidden(hidden, batch["mlm_positions"])  # [M, H]: the head runs on targets only
         terms = {"mlm": mlm_loss(rows, model.decoder_weight, model.decoder_bias, batch["mlm_labels"],
                                   backend=model.backend)}
@@ -76,6 +83,18 @@ class PretrainForward(nn.Module):
                                   self.in_batch_negatives)
         return terms
 
+    def _detail(self, batch: dict[str, torch.Tensor], hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+        model = self.model
+        out = {"mlm_logits": model.mlm_logits(hidden, batch["mlm_positions"]),
+               "cosine": heldout.mean_pairwise_cosine(hidden, batch["attention_mask"])}
+        if self.cmrm_enabled:  # the second pass runs on every rank, as in training (FSDP)
+            sample_hidden = model.encode(batch["sample_input_ids"], batch["sample_attention_mask"])
+            if batch["sample_index"].shape[0]:
+                anchor = mention_anchors(hidden, batch["mention_index"], batch["mention_start"], batch["mention_end"])
+                sample_emb = masked_mean_pool(sample_hidden, batch["sample_attention_mask"])
+                out["cmrm_scores"] = cmrm_scores(anchor, sample_emb, batch["sample_index"], self.temperature)
+        return out
+
 
 @dataclass
 class StepContext:
@@ -83,7 +102,6 @@ class StepContext:
 
     forward: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     autocast: Any  # a callable returning the autocast context (or a null context for fp32)
     cmrm_weight: float
@@ -117,7 +135,6 @@ def train_step(ctx: StepContext, micro_batches: list[dict[str, torch.Tensor]]) -
     if finite:
         ctx.scaler.step(ctx.optimizer)
         ctx.scaler.update()
-        ctx.scheduler.step()
     else:  # the non-finite guard: drop this update entirely; the caller counts it
         ctx.optimizer.zero_grad(set_to_none=True)
         if ctx.scaler.is_enabled():
@@ -126,23 +143,42 @@ def train_step(ctx: StepContext, micro_batches: list[dict[str, torch.Tensor]]) -
 
 
 @torch.no_grad()
-def evaluate(forward: PretrainForward, batches: list[dict[str, torch.Tensor]], autocast) -> dict[str, float]:
-    """MLM (and CMRM) loss on the held-out rows, weighted by targets (mentions) per batch."""
+def evaluate(forward: PretrainForward, sets: dict[str, list[dict[str, torch.Tensor]]], unigram: torch.Tensor,
+             autocast) -> dict[str, float]:
+    """Held-out evaluation (ckbert.heldout) over named sets of batches: "eval" (the objective's own
+    masks, with CMRM) and "eval_rand" (random-token masks). Per set: MLM loss and top-1 beside the
+    unigram baseline on the same targets; for "eval" also the CMRM loss, accuracy and chance; and the
+    mean pairwise cosine of last-layer states (collapse)."""
     was_training = forward.training
     forward.eval()
-    mlm_sum = cmrm_sum = 0.0
-    n_tgt = n_men = 0
-    for batch in batches:
-        with autocast():
-            terms = forward(batch)
-        m = batch["mlm_labels"].numel()
-        k = batch["sample_index"].shape[0]
-        mlm_sum += terms["mlm"].item() * m
-        cmrm_sum += terms["cmrm"].item() * k
-        n_tgt += m
-        n_men += k
+    record: dict[str, float] = {}
+    cosines = []
+    for name, batches in sets.items():
+        sums: dict[str, float] = {}
+        for batch in batches:
+            with autocast():
+                out = forward(batch, detail=True)
+            heldout.add(sums, heldout.mlm_counts(out["mlm_logits"], batch["mlm_labels"], unigram))
+            if "cmrm_scores" in out:
+                heldout.add(sums, heldout.cmrm_counts(out["cmrm_scores"]))
+            cosines.append(float(out["cosine"]))
+        record.update(heldout.summarise(sums, name))
+        record.update({f"{name}_{k}": v for k, v in heldout.summarise_cmrm(sums).items()})
+    record["eval_cosine"] = sum(cosines) / max(len(cosines), 1)
     forward.train(was_training)
-    return {"eval_mlm": mlm_sum / max(n_tgt, 1), "eval_cmrm": cmrm_sum / max(n_men, 1)}
+    return record
+
+
+def describe_eval(step: int, r: dict[str, float]) -> str:
+    """One line: random-token masks first (the honest number), then the objective's, CMRM, cosine."""
+    text = (f"[pretrain] step {step} held-out: random-token masks MLM {r['eval_rand_mlm']:.3f} "
+            f"(unigram {r['eval_rand_unigram_mlm']:.3f}), top-1 {100 * r['eval_rand_top1']:.1f}% "
+            f"(unigram {100 * r['eval_rand_unigram_top1']:.1f}%); objective's masks MLM {r['eval_mlm']:.3f} "
+            f"(unigram {r['eval_unigram_mlm']:.3f})")
+    if "eval_cmrm" in r:
+        text += (f"; CMRM {r['eval_cmrm']:.3f}, positive first {100 * r['eval_cmrm_acc']:.1f}% "
+                 f"(chance {100 * r['eval_cmrm_chance']:.1f}%)")
+    return text + f"; cosine between positions {r['eval_cosine']:.2f}"
 
 
 # ---- data --------------------------------------------------------------------------------------
@@ -163,11 +199,6 @@ class KeyedRows(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[int, int, dict]:
         return self.__getitems__([key])[0]
-
-
-def heldout_start(n_rows: int, eval_rows: int) -> int:
-    """Rows [start, n_rows) are held out for evaluation (at most a tenth of the data)."""
-    return n_rows - min(eval_rows, n_rows // 10)
 
 
 def epoch_batches(n_rows: int, batch_size: int, seed: int, epoch: int, world: World) -> list[list[tuple[int, int]]]:
@@ -240,16 +271,35 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def keep_until(path: Path, step: int) -> None:
+    """Drop the records after `step` (logged after the checkpoint a run resumes from, or a line cut
+    by a kill), so that a resumed run's curve has one value per step."""
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    tmp.replace(path)
+
+
 class MetricsLog:
     """metrics.jsonl (one JSON object per line), TensorBoard when installed, rank 0 only."""
 
-    def __init__(self, out: Path, enabled: bool, resume: bool):
+    def __init__(self, out: Path, enabled: bool, resume: bool, resume_step: int = 0):
         self.enabled = enabled
         self.tb = None
         if not enabled:
             return
         out.mkdir(parents=True, exist_ok=True)
-        self.file = open(out / "metrics.jsonl", "a" if resume else "w", encoding="utf-8")  # noqa: SIM115
+        path = out / "metrics.jsonl"
+        if resume and path.exists():
+            keep_until(path, resume_step)
+        self.file = open(path, "a" if resume else "w", encoding="utf-8")  # noqa: SIM115
         if importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -312,13 +362,20 @@ def run(cfg: PretrainConfig, resume: bool = False, world: World | None = None) -
     model, mcfg = build_model(cfg, tokenizer, state)
     if mcfg.vocab_size < len(tokenizer):
         raise UserError(f"model vocab_size {mcfg.vocab_size} < tokenizer size {len(tokenizer)}")
+    unigram = heldout.unigram_log_probs(dataset, n_train, mcfg.vocab_size)  # baseline of every eval
+    if cfg.train.unigram_decoder_bias and state is None and not cfg.init_from:
+        with torch.no_grad():
+            model.decoder_bias.copy_(unigram)
+    if cfg.train.dropout is not None:
+        model.set_dropout(cfg.train.dropout)
     model.to(device)
     forward = wrap_for_world(
         PretrainForward(model, cfg.cmrm.enabled, cfg.cmrm.temperature, cfg.cmrm.in_batch_negatives), world, cfg)
     optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim.warmup_ratio, cfg.train.max_steps)
+    scheduler = build_scheduler(optimizer, cfg.optim.warmup_ratio, cfg.train.max_steps,
+                                60.0 * cfg.train.max_minutes, cfg.train.max_tokens)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
-    ctx = StepContext(forward, optimizer, scheduler, scaler, autocast, cfg.cmrm.weight, cfg.optim.clip_norm,
+    ctx = StepContext(forward, optimizer, scaler, autocast, cfg.cmrm.weight, cfg.optim.clip_norm,
                       [p for p in model.parameters() if p.requires_grad])
     say(world, f"[pretrain] model {mcfg.num_hidden_layers}x{mcfg.hidden_size} ({mcfg.layout}), "
                f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}, "
@@ -359,11 +416,16 @@ def run(cfg: PretrainConfig, resume: bool = False, world: World | None = None) -
         out.mkdir(parents=True, exist_ok=True)
         tokenizer.save_pretrained(str(out / "tokenizer"))  # export reads it from here
 
+    # Held-out rows, twice: with the objective's masks (and CMRM samples), and with random-token masks.
+    rand_collator = PretrainCollator(tokenizer, manifest, None, heldout.RANDOM_TOKEN_EVAL,
+                                     dataclasses.replace(cfg.cmrm, enabled=False), max_length, cfg.seed,
+                                     cfg.data.pad_to_multiple_of)
     eval_keys = [(0, r) for r in range(n_train, len(dataset))]
     eval_rows = KeyedRows(dataset)
-    eval_batches = [to_device(collator(eval_rows.__getitems__(eval_keys[i : i + cfg.train.batch_size])), device)
-                    for i in range(0, len(eval_keys), cfg.train.batch_size)]
-    log = MetricsLog(out, world.is_main, resume)
+    eval_sets = {name: [to_device(col(eval_rows.__getitems__(eval_keys[i : i + cfg.train.batch_size])), device)
+                        for i in range(0, len(eval_keys), cfg.train.batch_size)]
+                 for name, col in (("eval", collator), ("eval_rand", rand_collator))}
+    log = MetricsLog(out, world.is_main, resume, step)
 
     def save(reason: str) -> None:
         if not world.is_main and not sharded:  # a sharded checkpoint is written by every rank
@@ -392,25 +454,38 @@ def run(cfg: PretrainConfig, resume: bool = False, world: World | None = None) -
         say(world, f"[pretrain] checkpoint {path}")
 
     last_eval: dict[str, float] = {}
-    if step == 0 and eval_batches:
-        last_eval = evaluate(forward, eval_batches, autocast)
-        log.write({"step": 0, **last_eval})
-        say(world, f"[pretrain] step 0 eval MLM loss {last_eval['eval_mlm']:.4f}")
+    warned_collapse = False
+
+    def run_eval() -> None:
+        nonlocal last_eval, warned_collapse
+        last_eval = evaluate(forward, eval_sets, unigram, autocast)
+        log.write({"step": step, **last_eval})
+        say(world, describe_eval(step, last_eval))
+        if (not warned_collapse and last_eval["eval_cosine"] > heldout.COLLAPSE_COSINE
+                and scheduler.progress() >= cfg.optim.warmup_ratio):
+            warned_collapse = True
+            say(world, f"[pretrain] warning: last-layer states are nearly one vector (mean cosine between "
+                       f"positions {last_eval['eval_cosine']:.2f} > {heldout.COLLAPSE_COSINE}): the model has "
+                       "collapsed to the unigram plateau, and CMRM gets almost no gradient")
+
+    if step == 0 and eval_keys:
+        run_eval()
 
     bar = None
     if world.is_main and sys.stderr.isatty():
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.train.max_steps, initial=step, desc="pretrain", dynamic_ncols=True)
-    t_start = time.perf_counter()
     t_window, tokens_window = time.perf_counter(), 0
+    t_last, tokens_step = time.perf_counter(), 0
+    budgets_shared = world.size > 1 and (cfg.train.max_minutes > 0 or cfg.train.max_tokens > 0)
     window: list[dict[str, float]] = []
     cmrm_counts = np.zeros(len(CMRM_STAT_KEYS), dtype=np.int64)
     bad_in_a_row = skipped_total = 0
     loader_gen = torch.Generator().manual_seed(cfg.seed)  # keeps the DataLoader off the global RNG
     micro: list[dict[str, torch.Tensor]] = []
     last: dict[str, float] = {}
-    stop = step >= cfg.train.max_steps
+    stop = scheduler.done()
     forward.train()
     while not stop:
         batches = epoch_batches(n_train, cfg.train.batch_size, cfg.seed, epoch, world)
@@ -419,7 +494,9 @@ def run(cfg: PretrainConfig, resume: bool = False, world: World | None = None) -
                                              pin_memory=device.type == "cuda")
         for batch in loader:
             pos += 1
-            tokens_window += int(batch["attention_mask"].sum())
+            n_tokens = int(batch["attention_mask"].sum())
+            tokens_window += n_tokens
+            tokens_step += n_tokens
             cmrm_counts += batch.pop("cmrm_stats").numpy()
             batch.pop("mlm_sources")
             micro.append(to_device(batch, device))
@@ -439,6 +516,12 @@ def run(cfg: PretrainConfig, resume: bool = False, world: World | None = None) -
                 continue
             bad_in_a_row = 0
             step += 1
+            now = time.perf_counter()  # a skipped step's time and tokens are charged to the next one
+            spent = torch.tensor([now - t_last, float(tokens_step)])
+            t_last, tokens_step = now, 0
+            if budgets_shared:  # every rank must see the same progress, hence the same lr
+                spent = all_reduce_sum(spent.to(device), env).cpu() / torch.tensor([world.size, 1.0])
+            scheduler.advance(float(spent[0]), int(spent[1]))
             last = metrics
             window.append(metrics)
             if bar is not None:
@@ -457,7 +540,8 @@ def run(cfg: PretrainConfig, resume: bool = False, world: World | None = None) -
                     record["mfu"] = mfu(record["tokens_per_s"], mcfg, max_length, world.size, peak_flops)
                 record.update({f"cmrm_{k}": int(v) for k, v in zip(CMRM_STAT_KEYS, cmrm_counts, strict=False)})
                 record["skipped_steps"] = skipped_total
-                record["elapsed_s"] = time.perf_counter() - t_start
+                record["elapsed_s"] = scheduler.elapsed_s
+                record["tokens"] = scheduler.tokens
                 log.write(record)
                 if bar is None:
                     say(world, f"[pretrain] step {step}/{cfg.train.max_steps} loss {record['loss']:.4f} "
@@ -465,17 +549,15 @@ def run(cfg: PretrainConfig, resume: bool = False, world: World | None = None) -
                                f"{record['tokens_per_s']:.0f} tok/s")
                 window, tokens_window, t_window = [], 0, time.perf_counter()
                 cmrm_counts[:] = 0
-            out_of_time = cfg.train.max_minutes > 0 and time.perf_counter() - t_start > 60 * cfg.train.max_minutes
-            stop = step >= cfg.train.max_steps or out_of_time
-            if eval_batches and ((cfg.train.eval_every and step % cfg.train.eval_every == 0) or stop):
-                last_eval = evaluate(forward, eval_batches, autocast)
-                log.write({"step": step, **last_eval})
-                say(world, f"[pretrain] step {step} eval MLM loss {last_eval['eval_mlm']:.4f}")
+            stop = scheduler.done()
+            if eval_keys and ((cfg.train.eval_every and step % cfg.train.eval_every == 0) or stop):
+                run_eval()
             if (cfg.train.save_every and step % cfg.train.save_every == 0) or stop:
-                save("time limit" if out_of_time and step < cfg.train.max_steps else "scheduled")
+                save("budget spent" if stop else "scheduled")
             if stop:
-                if out_of_time and step < cfg.train.max_steps:
-                    say(world, f"[pretrain] stopping at step {step}: train.max_minutes reached")
+                if step < cfg.train.max_steps:
+                    say(world, f"[pretrain] stopping at step {step}: the time or token budget is spent "
+                               f"({scheduler.elapsed_s / 60:.1f} min, {scheduler.tokens:,} tokens)")
                 break
         else:
             epoch, pos = epoch + 1, 0

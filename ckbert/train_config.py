@@ -40,6 +40,9 @@ class MaskingConfig:
     strategy: Literal["lmlm", "whole_word", "random_token"] = "lmlm"
     dep_share: float = 0.3  # of the budget, for DEP arcs (mode "arcs")
     sdp_share: float = 0.3  # of the budget, for SDP arcs (mode "arcs"); the rest: random whole words
+    # mode "words" (no parser): share of the budget for entity mentions and content words; the
+    # rest goes to random whole words, as in mode "arcs" (method.md, sec. 1: 40% random)
+    priority_share: float = 0.6
     markers: bool = True  # insert [dep]/[sdp] around whitelisted relations (mode "arcs")
     mask_prob: float = 0.8  # of the targets: [MASK]
     random_prob: float = 0.1  # of the targets: a random token (the rest stay unchanged)
@@ -51,6 +54,8 @@ class MaskingConfig:
             raise ValueError(f"masking.rate must be in (0, 1), got {self.rate}")
         if self.dep_share < 0 or self.sdp_share < 0 or self.dep_share + self.sdp_share > 1.0:
             raise ValueError("masking.dep_share and sdp_share must be >= 0 and sum to at most 1")
+        if not 0.0 <= self.priority_share <= 1.0:
+            raise ValueError(f"masking.priority_share must be in [0, 1], got {self.priority_share}")
         if self.mask_prob < 0 or self.random_prob < 0 or self.mask_prob + self.random_prob > 1.0:
             raise ValueError("masking.mask_prob and random_prob must be >= 0 and sum to at most 1")
 
@@ -85,7 +90,7 @@ class OptimConfig:
     weight_decay: float = 1e-4  # not applied to biases and LayerNorm weights
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-6
-    warmup_ratio: float = 0.1  # linear warm-up over this share of max_steps, then linear decay to 0
+    warmup_ratio: float = 0.1  # linear warm-up over this share of the budget, then linear decay to 0
     clip_norm: float = 1.0  # 0 = no clipping
 
     def validate(self) -> None:
@@ -102,13 +107,22 @@ class TrainConfig:
     batch_size: int = 32  # sequences per micro-batch per rank
     grad_accum: int = 1  # micro-batches per optimizer step
     max_steps: int = 1000  # optimizer steps (epochs repeat with new masks until reached)
-    max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
+    # Budgets: the run stops (with a checkpoint) at whichever is spent first, and the lr schedule
+    # runs over that budget (ckbert.optim.BudgetSchedule), so a time-boxed run ends annealed.
+    max_minutes: float = 0.0  # wall time of the training loop (resumes add up); 0 = no limit
+    max_tokens: int = 0  # real (non-pad) tokens of the main batches, all ranks; 0 = no limit
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     fused_mlm_loss: bool = False  # ckbert.kernels.linear_cross_entropy instead of logits + CE
     # torch.compile of the training step's forward module, in place (parameter names and the
     # checkpoint format do not change): "none", "inductor" (GPU speed), "aot_eager" (tracing only)
     compile: Literal["none", "inductor", "aot_eager"] = "none"
+    # Dropout during pretraining only (null = the model config's); the exported config keeps the
+    # model's own values for fine-tuning. Small-budget recipes train without it (Cramming).
+    dropout: float | None = None
+    # Start the MLM decoder bias at the log unigram frequencies of the training rows (from scratch
+    # only): the model begins at the unigram baseline instead of at log(V).
+    unigram_decoder_bias: bool = False
     log_every: int = 10
     eval_every: int = 100  # 0 = only at the end
     save_every: int = 200  # 0 = only at the end
@@ -119,8 +133,10 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "max_steps", "log_every", "keep_checkpoints", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.eval_every < 0 or self.save_every < 0 or self.max_minutes < 0:
-            raise ValueError("train.eval_every, save_every and max_minutes must be >= 0")
+        if self.eval_every < 0 or self.save_every < 0 or self.max_minutes < 0 or self.max_tokens < 0:
+            raise ValueError("train.eval_every, save_every, max_minutes and max_tokens must be >= 0")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"train.dropout must be null or in [0, 1), got {self.dropout}")
 
 
 @dataclass

@@ -92,21 +92,46 @@ def load_backend(path: str | Path):
 
 
 def build_vocab(texts: Iterable[str], out_dir: Path, vocab_size: int = 21128, min_frequency: int = 2):
-    """Train a BERT-Chinese style WordPiece vocabulary (CJK characters as single tokens) and save a
-    BertTokenizerFast folder with the markers to `out_dir`."""
-    from tokenizers import BertWordPieceTokenizer
+    """Build a BERT-Chinese style WordPiece vocabulary on the corpus, deterministically, and save a
+    BertTokenizerFast folder with the markers to `out_dir`.
+
+    Words come from BERT's own normaliser and pre-tokeniser (lower case, CJK characters split into
+    single-character words). The vocabulary is: the special tokens; every character seen at least
+    `min_frequency` times, as a word start and, where it occurs inside a word, as `##c`; then whole
+    multi-character words (numbers, Latin words) by descending count, ties by the word itself, up
+    to `vocab_size`. Greedy longest-match WordPiece then splits any other word into known pieces
+    or characters. The result depends only on the corpus text and the two numbers: the same corpus
+    gives a byte-identical vocab.txt whatever the worker count or how often a run was interrupted
+    (the Rust WordPiece trainer breaks ties by hash-map order and did not).
+    """
+    from collections import Counter
+
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
     from transformers import BertTokenizerFast
 
-    wp = BertWordPieceTokenizer(handle_chinese_chars=True, lowercase=True, strip_accents=False)
-    wp.train_from_iterator(
-        texts, vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=BERT_SPECIALS,
-        limit_alphabet=20000, show_progress=False,
-    )
+    norm = BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=True)
+    pre = BertPreTokenizer()
+    words: Counter[str] = Counter()
+    for text in texts:
+        words.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(text)))
+    starts: Counter[str] = Counter()
+    inner: Counter[str] = Counter()
+    for w, n in words.items():
+        starts[w[0]] += n
+        for c in w[1:]:
+            inner[c] += n
+    chars = sorted(set(starts) | set(inner))
+    alphabet = chars + sorted("##" + c for c in chars if inner[c])
+    floor = len(BERT_SPECIALS) + len(alphabet)
+    if vocab_size < floor:
+        raise UserError(f"--vocab-size {vocab_size} is smaller than the {floor} entries this corpus needs "
+                        f"(5 special tokens and {len(alphabet)} character entries)")
+    multi = sorted((w for w, n in words.items() if len(w) > 1 and n >= min_frequency and w not in chars),
+                   key=lambda w: (-words[w], w))
+    vocab = BERT_SPECIALS + alphabet + multi[: vocab_size - floor]
     out_dir.mkdir(parents=True, exist_ok=True)
-    # The trainer's id order among equally frequent tokens varies between runs; write the vocabulary
-    # in a fixed order (special tokens, then sorted) so that the same corpus gives the same ids.
-    learned = sorted(set(wp.get_vocab()) - set(BERT_SPECIALS))
-    (out_dir / "vocab.txt").write_text("\n".join(BERT_SPECIALS + learned) + "\n", encoding="utf-8")
+    (out_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tok = BertTokenizerFast.from_pretrained(str(out_dir), do_lower_case=True, tokenize_chinese_chars=True)
     add_markers(tok)
     tok.save_pretrained(str(out_dir))

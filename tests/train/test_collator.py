@@ -47,9 +47,19 @@ def test_budget_whole_words_and_sources(prepared):
             assert (lab == np.asarray(row["input_ids"])[mine]).all()
     rate = n_tgt / n_tok
     assert 0.13 < rate <= 0.155, rate  # whole words can undershoot the 15% budget slightly, never overshoot
-    # words mode: entity and content words come first; random words only fill the remainder
+    # words mode: mentions and content words take priority_share (60%) of the budget, random whole
+    # words the rest (whole words undershoot a share a little, so the split is checked to +-5 points)
     assert src_counts[SRC_DEP] == src_counts[SRC_SDP] == src_counts[SRC_MARKER] == 0
-    assert src_counts[SRC_PRIORITY] > 3 * src_counts[SRC_RANDOM] > 0
+    share = src_counts[SRC_PRIORITY] / (src_counts[SRC_PRIORITY] + src_counts[SRC_RANDOM])
+    assert abs(share - 0.6) < 0.05, share
+
+
+def test_words_mode_priority_share_is_configurable(prepared):
+    its = items(prepared, range(0, 128))
+    only = np.bincount(make(prepared, priority_share=1.0)(its)["mlm_sources"].numpy(), minlength=6)
+    none = np.bincount(make(prepared, priority_share=0.0)(its)["mlm_sources"].numpy(), minlength=6)
+    assert only[SRC_PRIORITY] > 5 * only[SRC_RANDOM]  # random words only where no content word fits
+    assert none[SRC_PRIORITY] == 0 and none[SRC_RANDOM] > 0
 
 
 def test_corruption_80_10_10(prepared):

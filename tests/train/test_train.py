@@ -189,8 +189,7 @@ def test_non_finite_step_is_skipped():
 
     fwd = Terms()
     opt = torch.optim.AdamW(fwd.parameters(), lr=0.1)
-    ctx = StepContext(fwd, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
-                      torch.amp.GradScaler("cpu", enabled=False), contextlib.nullcontext, 0.09, 1.0,
+    ctx = StepContext(fwd, opt, torch.amp.GradScaler("cpu", enabled=False), contextlib.nullcontext, 0.09, 1.0,
                       list(fwd.parameters()))
     bad = train_step(ctx, [{"x": torch.tensor([1.0, float("inf"), 0.0])}])
     assert bad["skipped"] == 1.0 and torch.equal(fwd.w.detach(), torch.ones(3))
