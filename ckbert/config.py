@@ -162,7 +162,7 @@ def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
     if unknown:
         prefix = f"{where}." if where else ""
         raise _KeyError(
-            f"{prefix}{unknown[0]!s}", f"unknown config key {prefix}{unknown[0]!s} (known: {', '.join(sorted(fields))})"
+            f"{prefix}{unknown[0]!s}", unknown=True, message=f"unknown config key {prefix}{unknown[0]!s} (known: {', '.join(sorted(fields))})"
         )
     kwargs = {}
     for name, value in data.items():
@@ -185,9 +185,10 @@ class _KeyError(UserError):
     """A config error about one dotted key ('' = the whole config), so that `load_dataclass` can
     blame the command-line override that set it rather than the file."""
 
-    def __init__(self, key: str, message: str):
+    def __init__(self, key: str, message: str, unknown: bool = False):
         super().__init__(message)
         self.key = key
+        self.unknown = unknown  # the key is not a field: whatever override lies inside it added it
 
 
 class _Overridden(dict):
@@ -196,12 +197,21 @@ class _Overridden(dict):
     overrides: dict[str, str]
 
 
-def _blame(overrides: dict[str, str], key: str) -> list[str]:
-    """The overrides that set `key`, a section holding it, or a key inside it."""
-    if not key:
-        return list(overrides.values())
-    return [item for k, item in overrides.items()
-            if k == key or key.startswith(k + ".") or k.startswith(key + ".")]
+def _blame(overrides: dict[str, str], exc: _KeyError) -> tuple[list[str], bool]:
+    """The overrides behind an error about `exc.key` ('' = a check of the whole config), and whether
+    they are surely to blame: one set the key (or a section above it, or something inside an
+    unknown key), or a cross-field check names the key one set. Otherwise every override inside
+    the key, as a possible cause."""
+    key, message = exc.key, str(exc)
+    inside = [(k, item) for k, item in overrides.items()
+              if not key or k == key or key.startswith(k + ".") or k.startswith(key + ".")]
+    exact = [item for k, item in inside if k == key or key.startswith(k + ".") or exc.unknown]
+    if exact:
+        return exact, True
+    named = [item for k, item in inside if re.search(rf"(?<![\w.]){re.escape(k.rsplit('.', 1)[-1])}\b", message)]
+    if named:
+        return named, True
+    return [item for _, item in inside], False
 
 
 def load_dataclass(cls: type[T], data: dict[str, Any], source: str | Path | None = None) -> T:
@@ -210,10 +220,11 @@ def load_dataclass(cls: type[T], data: dict[str, Any], source: str | Path | None
     try:
         return _build(cls, data, "")
     except _KeyError as exc:
-        items = _blame(getattr(data, "overrides", {}), exc.key)
-        if items and exc.key:
-            raise UserError(f"command-line override {items[-1]!r}: {exc}") from None
-        if items:  # a cross-field check of the whole config: the file and the overrides together
+        items, sure = _blame(getattr(data, "overrides", {}), exc)
+        if items and sure:
+            which = "override" if len(items) == 1 else "overrides"
+            raise UserError(f"command-line {which} {', '.join(map(repr, items))}: {exc}") from None
+        if items:  # a cross-field check: the file and the overrides together
             raise UserError(f"{exc} (with the command-line overrides {' '.join(items)})",
                             path=source) from None
         if source is None:
