@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -192,12 +193,17 @@ def read_weights(ckpt: Path, state: dict[str, Any]) -> dict[str, Any]:
         raise UserError(f"{WEIGHTS_FILE} is unreadable (half written?): {exc}", path=ckpt) from None
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
 def export_checkpoint(ckpt: str | Path, out: str | Path, tokenizer: str | None = None,
-                      metrics: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+                      metrics: dict[str, Any] | None = None, overwrite: bool = False, dtype: str = "fp32") -> Path:
+    """`dtype` bf16 halves the folder (floating-point tensors only; HF loads it as bf16 and
+    `.float()` restores fp32 compute)."""
     check_out_dir(Path(out), overwrite)  # before reading the weights
     ckpt = resolve_checkpoint(ckpt)
     state = read_trainer_state(ckpt)
-    weights = read_weights(ckpt, state)
+    weights = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in read_weights(ckpt, state).items()}
     config = checkpoint_model_config(state, weights, ckpt / STATE_FILE)
     step = int(state.get("step", 0))
     card = card_info(state, run_metrics(ckpt, step), metrics or {})
@@ -212,9 +218,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (when the export succeeds)")
     parser.add_argument("--tokenizer", help="tokenizer folder (default: from the checkpoint or its dataset)")
     parser.add_argument("--metrics", help="JSON file {name: value} of measured numbers for the model card")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="weights in the exported folder")
     args = parser.parse_args(argv)
     check_out_dir(Path(args.out), args.overwrite)
     extra: dict[str, Any] = read_json(args.metrics, "metrics file") if args.metrics else {}
-    out = export_checkpoint(args.checkpoint, args.out, args.tokenizer, extra, args.overwrite)
+    out = export_checkpoint(args.checkpoint, args.out, args.tokenizer, extra, args.overwrite, args.dtype)
     print(f"exported {out}")
     return 0

@@ -31,6 +31,7 @@ from ckbert.train_config import MaskingConfig
 # The random-token evaluation masks: 15% single tokens, all shown as [MASK].
 RANDOM_TOKEN_EVAL = MaskingConfig(rate=0.15, strategy="random_token", mask_prob=1.0, random_prob=0.0)
 COLLAPSE_COSINE = 0.9  # above this mean cosine after warm-up, a run warns once
+COSINE_ROWS = 16  # the collapse signal is measured on the first held-out rows (random-token masks)
 
 
 def heldout_start(n_rows: int, eval_rows: int) -> int:
@@ -41,7 +42,7 @@ def heldout_start(n_rows: int, eval_rows: int) -> int:
 def unigram_log_probs(dataset, n_train: int, vocab_size: int) -> torch.Tensor:
     """log p(token) [V] from the token counts of rows [0, n_train), add-one smoothed."""
     column = dataset.data.column("input_ids").slice(0, n_train)  # Arrow list<int> column, no Python rows
-    flat = np.concatenate([np.asarray(chunk.values) for chunk in column.chunks]) if column.num_chunks else np.zeros(0)
+    flat = np.concatenate([np.asarray(chunk.flatten()) for chunk in column.chunks]) if column.num_chunks else np.zeros(0)
     counts = np.bincount(flat.astype(np.int64), minlength=vocab_size)[:vocab_size].astype(np.float64) + 1.0
     return torch.from_numpy(np.log(counts / counts.sum())).float()
 
@@ -101,7 +102,7 @@ def summarise_cmrm(sums: dict[str, float]) -> dict[str, float]:
     n = sums.get("cmrm_n", 0)
     if not n:
         return {}
-    return {"cmrm_loss": sums["cmrm_ce"] / n, "cmrm_acc": sums["cmrm_hits"] / n,
+    return {"cmrm": sums["cmrm_ce"] / n, "cmrm_acc": sums["cmrm_hits"] / n,
             "cmrm_chance": sums["cmrm_chance"] / n, "cmrm_mentions": int(n)}
 
 

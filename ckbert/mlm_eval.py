@@ -56,7 +56,10 @@ def evaluate_hf(model, prepared: tuple, eval_rows: int, seed: int = 0, temperatu
     encoder = model.base_model
     rows = KeyedRows(ds)
     result: dict[str, Any] = {"heldout_rows": len(keys)}
-    cosines = []
+    probe = collators["eval_rand"](rows.__getitems__(keys[: heldout.COSINE_ROWS]))
+    hidden = model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"],
+                   output_hidden_states=True).hidden_states[-1]
+    result["eval_cosine"] = float(heldout.mean_pairwise_cosine(hidden, probe["attention_mask"]))
     for name, collator in collators.items():
         sums: dict[str, float] = {}
         for i in range(0, len(keys), batch_size):
@@ -65,7 +68,6 @@ def evaluate_hf(model, prepared: tuple, eval_rows: int, seed: int = 0, temperatu
             logits = out.logits.reshape(-1, out.logits.shape[-1]).index_select(0, batch["mlm_positions"])
             heldout.add(sums, heldout.mlm_counts(logits, batch["mlm_labels"], unigram))
             hidden = out.hidden_states[-1]
-            cosines.append(float(heldout.mean_pairwise_cosine(hidden, batch["attention_mask"])))
             if batch["sample_index"].shape[0]:
                 samples = encoder(input_ids=batch["sample_input_ids"],
                                   attention_mask=batch["sample_attention_mask"]).last_hidden_state
@@ -76,7 +78,6 @@ def evaluate_hf(model, prepared: tuple, eval_rows: int, seed: int = 0, temperatu
         result.update(heldout.summarise(sums, name))
         result.update({f"{name}_{k}": v for k, v in heldout.summarise_cmrm(sums).items()})
         result[f"{name}_targets"] = int(sums.get("n", 0))
-    result["eval_cosine"] = sum(cosines) / max(len(cosines), 1)
     return result
 
 

@@ -152,19 +152,20 @@ def evaluate(forward: PretrainForward, sets: dict[str, list[dict[str, torch.Tens
     was_training = forward.training
     forward.eval()
     record: dict[str, float] = {}
-    cosines = []
     for name, batches in sets.items():
         sums: dict[str, float] = {}
         for batch in batches:
             with autocast():
                 out = forward(batch, detail=True)
+            if name == "eval_cosine":  # one batch: the first held-out rows (ckbert.heldout.COSINE_ROWS)
+                record[name] = float(out["cosine"])
+                continue
             heldout.add(sums, heldout.mlm_counts(out["mlm_logits"], batch["mlm_labels"], unigram))
             if "cmrm_scores" in out:
                 heldout.add(sums, heldout.cmrm_counts(out["cmrm_scores"]))
-            cosines.append(float(out["cosine"]))
-        record.update(heldout.summarise(sums, name))
-        record.update({f"{name}_{k}": v for k, v in heldout.summarise_cmrm(sums).items()})
-    record["eval_cosine"] = sum(cosines) / max(len(cosines), 1)
+        if sums:
+            record.update(heldout.summarise(sums, name))
+            record.update({f"{name}_{k}": v for k, v in heldout.summarise_cmrm(sums).items()})
     forward.train(was_training)
     return record
 
@@ -425,6 +426,8 @@ def run(cfg: PretrainConfig, resume: bool = False, world: World | None = None) -
     eval_sets = {name: [to_device(col(eval_rows.__getitems__(eval_keys[i : i + cfg.train.batch_size])), device)
                         for i in range(0, len(eval_keys), cfg.train.batch_size)]
                  for name, col in (("eval", collator), ("eval_rand", rand_collator))}
+    eval_sets["eval_cosine"] = [to_device(rand_collator(eval_rows.__getitems__(eval_keys[: heldout.COSINE_ROWS])),
+                                          device)]
     log = MetricsLog(out, world.is_main, resume, step)
 
     def save(reason: str) -> None:
