@@ -118,7 +118,9 @@ def commit_dir(tmp: Path, out: Path) -> None:
         if old is not None:
             os.replace(old, out)
         raise
-    if old is not None:
+    if old is not None and old.is_symlink():  # --out was a link to a folder: the link goes, not its target
+        old.unlink()
+    elif old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
