@@ -623,3 +623,23 @@ def test_kg_stats(tmp_path, capsys, case):
         path = tmp_path / "kg.tsv"
         path.write_text("a\tb\n")
     fails(capsys, ["kg-stats", path], path)
+
+
+# ---- eval ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["no_model", "no_prepared", "damaged_prepared", "temperature_nan"])
+def test_eval(world, tmp_path, capsys, case):
+    model, prepared, extra, words = world["model"], world["prepared"], [], []
+    if case == "no_model":
+        model = tmp_path / "nomodel"
+        words = [model]
+    elif case == "no_prepared":
+        prepared = tmp_path / "noprep"
+        words = [prepared, "not found"]
+    elif case == "damaged_prepared":
+        prepared = tmp_path / "prepared"
+        shutil.copytree(world["prepared"], prepared)
+        _edit_manifest(prepared, lambda m: m.pop("seq_len") and None)
+        words = [prepared / "manifest.json", "'seq_len'"]
+    else:
+        extra, words = ["--temperature", "nan"], ["--temperature"]
+    fails(capsys, ["eval", "--model", model, "--prepared", prepared, *extra], *words)
