@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -153,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     prepared = open_prepared(args.prepared)
     results = []
     for folder in args.model:
+        if not (Path(folder) / "config.json").is_file():
+            raise UserError("not a Hugging Face model folder (no config.json)", path=folder)
         try:
             if args.untrained:
                 torch.manual_seed(args.seed)
