@@ -1,6 +1,7 @@
 """PNG plots for the benchmarks (matplotlib, Agg backend: no display needed).
 
     python bench/plots.py throughput FILE.json [FILE.json ...] --out throughput.png
+    python bench/plots.py heldout starter=runs/starter/metrics.jsonl --out starter_curve.png
 
 `plot_loss_curves` and `plot_ablation_metrics` are called by bench/ablation.py; `plot_throughput`
 by bench/collator_speed.py and bench/run_all.py.
@@ -137,13 +138,53 @@ def plot_throughput(records: list[dict[str, Any]], out: Path) -> Path:
     return out
 
 
+def plot_heldout(runs: dict[str, Path], out: Path, title: str) -> Path:
+    """Held-out curves of pretraining runs (metrics.jsonl with ckbert.heldout's eval records): MLM
+    loss on random-token masks against training tokens (left) and top-1 (right), the unigram
+    baseline dashed; CMRM accuracy against chance when the runs have it."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    unigram = None
+    for name, path in runs.items():
+        rows = _read_jsonl(path)
+        tokens = {r["step"]: r["tokens"] for r in rows if "tokens" in r}
+        evals = [r for r in rows if "eval_rand_mlm" in r]
+        xs = [r.get("tokens", tokens.get(r["step"], 0)) / 1e6 for r in evals]
+        ax.plot(xs, [r["eval_rand_mlm"] for r in evals], marker=".", label=name)
+        ax2.plot(xs, [100 * r["eval_rand_top1"] for r in evals], marker=".", label=name)
+        if evals:
+            unigram = evals[-1]
+    if unigram is not None:
+        ax.axhline(unigram["eval_rand_unigram_mlm"], color="k", ls="--", lw=1, label="unigram baseline")
+        ax2.axhline(100 * unigram["eval_rand_unigram_top1"], color="k", ls="--", lw=1, label="unigram baseline")
+    ax.set_ylabel("held-out MLM loss, random-token masks (nats)")
+    ax2.set_ylabel("held-out top-1 accuracy, random-token masks (%)")
+    for a in (ax, ax2):
+        a.set_xlabel("training tokens (millions)")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
     t = sub.add_parser("throughput", help="bars from benchmark JSON files")
     t.add_argument("files", type=Path, nargs="+")
     t.add_argument("--out", type=Path, required=True)
+    h = sub.add_parser("heldout", help="held-out curves from pretraining runs' metrics.jsonl")
+    h.add_argument("runs", nargs="+", help="NAME=OUT/metrics.jsonl")
+    h.add_argument("--title", default="held-out evaluation")
+    h.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    if args.what == "heldout":
+        runs = dict(item.split("=", 1) for item in args.runs)
+        print(f"wrote {plot_heldout({k: Path(v) for k, v in runs.items()}, args.out, args.title)}")
+        return 0
     records = [json.loads(f.read_text(encoding="utf-8")) for f in args.files]
     print(f"wrote {plot_throughput(records, args.out)}")
     return 0

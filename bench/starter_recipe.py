@@ -62,7 +62,8 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     tokens = {r["step"]: r["tokens"] for r in rows if "tokens" in r}
     elapsed = {r["step"]: r["elapsed_s"] for r in rows if "elapsed_s" in r}
-    curve = [{"step": r["step"], "tokens": tokens.get(r["step"], 0), "elapsed_s": elapsed.get(r["step"], 0.0),
+    curve = [{"step": r["step"], "tokens": r.get("tokens", tokens.get(r["step"], 0)),
+              "elapsed_s": r.get("elapsed_s", elapsed.get(r["step"], 0.0)),
               **{k: r[k] for k in ("eval_rand_mlm", "eval_rand_top1", "eval_rand_unigram_mlm",
                                    "eval_rand_unigram_top1", "eval_cosine")}}
              for r in rows if "eval_rand_mlm" in r]

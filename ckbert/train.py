@@ -462,7 +462,7 @@ def run(cfg: PretrainConfig, resume: bool = False, world: World | None = None) -
     def run_eval() -> None:
         nonlocal last_eval, warned_collapse
         last_eval = evaluate(forward, eval_sets, unigram, autocast)
-        log.write({"step": step, **last_eval})
+        log.write({"step": step, "tokens": scheduler.tokens, "elapsed_s": scheduler.elapsed_s, **last_eval})
         say(world, describe_eval(step, last_eval))
         if (not warned_collapse and last_eval["eval_cosine"] > heldout.COLLAPSE_COSINE
                 and scheduler.progress() >= cfg.optim.warmup_ratio):
@@ -525,12 +525,13 @@ def run(cfg: PretrainConfig, resume: bool = False, world: World | None = None) -
             if budgets_shared:  # every rank must see the same progress, hence the same lr
                 spent = all_reduce_sum(spent.to(device), env).cpu() / torch.tensor([world.size, 1.0])
             scheduler.advance(float(spent[0]), int(spent[1]))
+            stop = scheduler.done()
             last = metrics
             window.append(metrics)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}", mlm=f"{metrics['mlm']:.3f}")
-            if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+            if step % cfg.train.log_every == 0 or stop:
                 elapsed = time.perf_counter() - t_window
                 record = {"step": step, "epoch": epoch}
                 for key in ("loss", "mlm", "cmrm", "grad_norm"):
@@ -552,7 +553,6 @@ def run(cfg: PretrainConfig, resume: bool = False, world: World | None = None) -
                                f"{record['tokens_per_s']:.0f} tok/s")
                 window, tokens_window, t_window = [], 0, time.perf_counter()
                 cmrm_counts[:] = 0
-            stop = scheduler.done()
             if eval_keys and ((cfg.train.eval_every and step % cfg.train.eval_every == 0) or stop):
                 run_eval()
             if (cfg.train.save_every and step % cfg.train.save_every == 0) or stop:
