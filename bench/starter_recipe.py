@@ -74,7 +74,7 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict:
 
 
 def markdown(results: list[dict], tokens: int) -> str:
-    lines = [f"| arm | what | held-out MLM (random-token masks) | top-1 | unigram MLM / top-1 | cosine | train time |",
+    lines = ["| arm | what | held-out MLM (random-token masks) | top-1 | unigram MLM / top-1 | cosine | train time |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in sorted(results, key=lambda r: r["final"]["eval_rand_mlm"]):
         f = r["final"]

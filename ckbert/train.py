@@ -28,15 +28,15 @@ import torch
 from torch import nn
 
 from ckbert import checkpoint as ckpt_io
-from ckbert.collator import CMRM_STAT_KEYS, PretrainCollator
 from ckbert import heldout
+from ckbert.collator import CMRM_STAT_KEYS, PretrainCollator
 from ckbert.config import to_dict
 from ckbert.errors import UserError
 from ckbert.heldout import heldout_start
 from ckbert.model import CKBertForPreTraining
 from ckbert.model_config import ModelConfig, load_model_config, model_config_from_dict, resolve_vocab_size
 from ckbert.objectives import cmrm_loss, cmrm_scores, masked_mean_pool, mention_anchors, mlm_loss
-from ckbert.optim import BudgetSchedule, build_optimizer, build_scheduler
+from ckbert.optim import build_optimizer, build_scheduler
 from ckbert.train_config import PretrainConfig, load_pretrain_config
 from ckbert.world import World
 

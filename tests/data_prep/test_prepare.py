@@ -152,8 +152,7 @@ def test_killed_run_resumes(tmp_path, prepared, pd_file, kg_tsv):
     assert cli(args) == 0
     manifest, ds, _, _ = open_prepared(tmp_path / "ds")
     assert len(manifest["shards"]) == 15
-    _, ds_ref, _, tok_ref = open_prepared(prepared)
-    tok = load_tokenizer(tmp_path / "ds" / "tokenizer")
+    _, ds_ref, _, _ = open_prepared(prepared)
     # the vocabulary is deterministic: same corpus, same ids, however the run was interrupted
     assert (tmp_path / "ds" / "tokenizer" / "vocab.txt").read_bytes() == (prepared / "tokenizer" / "vocab.txt").read_bytes()
     assert ds["input_ids"] == ds_ref["input_ids"]
