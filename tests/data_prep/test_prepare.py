@@ -15,7 +15,6 @@ import pytest
 
 from ckbert.cli import main as cli
 from ckbert.data_prep.dataset import open_prepared
-from ckbert.data_prep.tokenizer import load_tokenizer
 from ckbert.errors import UserError
 
 
