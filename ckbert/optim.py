@@ -67,7 +67,17 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     groups = param_groups(model, cfg.weight_decay)
     if cfg.name == "lamb":
         return Lamb(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **adamw_impl(groups))
+
+
+def adamw_impl(groups: list[dict]) -> dict[str, bool]:
+    """The fastest AdamW implementation the parameters allow: `fused` (one kernel over all tensors;
+    measured 31 ms against 195 ms per tiny CPU step, issue 13) for plain CPU/CUDA float tensors,
+    else `foreach` (e.g. FSDP2's DTensor parameters). Both give the plain loop's update (tested)."""
+    params = [p for g in groups for p in g["params"]]
+    plain = all(type(p.data) is torch.Tensor and p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                for p in params)
+    return {"fused": True} if plain else {"foreach": True}
 
 
 class BudgetSchedule:

@@ -43,3 +43,27 @@ def test_warmup_then_linear_decay():
         opt.step()
         sched.step()
     assert lrs == pytest.approx([0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
+
+
+def test_adamw_uses_the_fused_implementation_with_the_plain_update():
+    from ckbert.optim import adamw_impl, build_optimizer
+    from ckbert.train_config import OptimConfig
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5), torch.nn.Linear(5, 3))
+    ref = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5), torch.nn.Linear(5, 3))
+    ref.load_state_dict(model.state_dict())
+    cfg = OptimConfig(lr=1e-2, weight_decay=0.1)
+    fast = build_optimizer(model, cfg)
+    assert fast.defaults["fused"] is True
+    plain = torch.optim.AdamW(param_groups(ref, 0.1), lr=1e-2, betas=tuple(cfg.betas), eps=cfg.eps,
+                              foreach=False, fused=False)
+    x = torch.randn(8, 6)
+    for _ in range(4):
+        for m, opt in ((model, fast), (ref, plain)):
+            opt.zero_grad()
+            m(x).pow(2).sum().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+    assert adamw_impl([{"params": [torch.nn.Parameter(torch.zeros(2, dtype=torch.long), requires_grad=False)]}]) == {"foreach": True}
