@@ -147,7 +147,8 @@ def plot_heldout(runs: dict[str, Path], out: Path, title: str) -> Path:
     for name, path in runs.items():
         rows = _read_jsonl(path)
         tokens = {r["step"]: r["tokens"] for r in rows if "tokens" in r}
-        evals = [r for r in rows if "eval_rand_mlm" in r]
+        # an eval record without a token count (runs logged before evals carried one) is left out
+        evals = [r for r in rows if "eval_rand_mlm" in r and ("tokens" in r or r["step"] in tokens or r["step"] == 0)]
         xs = [r.get("tokens", tokens.get(r["step"], 0)) / 1e6 for r in evals]
         ax.plot(xs, [r["eval_rand_mlm"] for r in evals], marker=".", label=name)
         ax2.plot(xs, [100 * r["eval_rand_top1"] for r in evals], marker=".", label=name)
