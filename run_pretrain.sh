@@ -80,15 +80,9 @@ $CKBERT eval --model "$STARTER" "$DEMO/model" --name starter "demo (continued)" 
   --eval-rows 256 --temperature 0.1 --examples 3 --json > "$DEMO/heldout.jsonl"
 $PY - "$DEMO/heldout.jsonl" <<'PYEOF'
 import json, sys
-from ckbert.mlm_eval import table
+from ckbert.mlm_eval import report
 starter, demo = [json.loads(line) for line in open(sys.argv[1], encoding="utf-8")]
-print(f"held-out: {demo['heldout_rows']} rows never trained on, {demo['eval_rand_targets']} random-token targets "
-      "(plain transformers AutoModelForMaskedLM):")
-print(table([starter, demo], ["starter", "demo (continued)"]))
-for name, r in (("starter", starter), ("demo", demo)):
-    for ex in r["fill_mask"]:
-        i = ex["text"].index("[MASK]")
-        print(f"  {name}: ...{ex['text'][max(0, i - 20) : i + 26]}...  {ex['answer']} -> {' '.join(ex['top3'])}")
+print(report([starter, demo], ["starter", "demo (continued)"]))
 gap = demo["eval_rand_unigram_mlm"] - demo["eval_rand_mlm"]
 if gap < 0.5:
     sys.exit(f"run_pretrain: the exported model is only {gap:.2f} nats below the unigram baseline")

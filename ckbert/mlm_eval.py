@@ -30,6 +30,7 @@ import torch
 
 from ckbert import heldout
 from ckbert.collator import PretrainCollator
+from ckbert.config import check_number
 from ckbert.errors import UserError
 from ckbert.objectives import cmrm_scores, masked_mean_pool, mention_anchors
 from ckbert.train import KeyedRows
@@ -131,6 +132,18 @@ def table(results: list[dict[str, Any]], names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def report(results: list[dict[str, Any]], names: list[str]) -> str:
+    """What `ckbert eval` prints (and run_pretrain.sh from its --json output): a header line, the
+    table, then each model's fill-mask examples."""
+    lines = [f"{results[0]['heldout_rows']} held-out rows never trained on, {results[0]['eval_rand_targets']} "
+             "random-token targets (plain transformers AutoModelForMaskedLM):", table(results, names)]
+    for name, r in zip(names, results, strict=True):
+        for ex in r.get("fill_mask", []):
+            i = ex["text"].index("[MASK]")
+            lines.append(f"  {name}: ...{ex['text'][max(0, i - 20) : i + 26]}...  {ex['answer']} -> {' '.join(ex['top3'])}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     from transformers import AutoConfig, AutoModelForMaskedLM
 
@@ -147,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--examples", type=int, default=0, help="fill-mask examples per model")
     p.add_argument("--json", action="store_true", help="one JSON object per model instead of the table")
     args = p.parse_args(argv)
-    if args.eval_rows < 1 or args.examples < 0 or not args.temperature > 0:
-        raise UserError("--eval-rows must be >= 1, --examples >= 0 and --temperature > 0")
+    check_number("--eval-rows", args.eval_rows, low=1)
+    check_number("--examples", args.examples, low=0)
+    check_number("--temperature", args.temperature, low=1e-4)
     if args.name and len(args.name) != len(args.model):
         raise UserError(f"--name gives {len(args.name)} names for {len(args.model)} models")
     prepared = open_prepared(args.prepared)
@@ -173,14 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps(result, ensure_ascii=False), flush=True)
     if not args.json:
-        names = args.name or args.model
-        print(f"{results[0]['heldout_rows']} held-out rows never trained on, "
-              f"{results[0]['eval_rand_targets']} random-token targets:")
-        print(table(results, names))
-        for name, r in zip(names, results, strict=True):
-            for ex in r.get("fill_mask", []):
-                i = ex["text"].index("[MASK]")
-                print(f"  {name}: ...{ex['text'][max(0, i - 20) : i + 26]}...  {ex['answer']} -> {' '.join(ex['top3'])}")
+        print(report(results, args.name or args.model))
     return 0
 
 
