@@ -41,6 +41,9 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "batch_64": ("batch 64", ["train.batch_size=64"]),
     "batch_16": ("batch 16", ["train.batch_size=16"]),
     "clip_1": ("clip 1.0", ["optim.clip_norm=1.0"]),
+    "mask_20": ("20% of the tokens masked", ["masking.rate=0.2"]),
+    "batch_ramp": ("batch ramped from 16 to 64 over the first half of the budget",
+                   ["train.batch_size=16", "train.grad_accum=4", "train.batch_ramp=0.5"]),
 }
 
 

@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("ckbert.plan", "predict per-GPU memory and the largest micro-batch"),
     "finetune": ("ckbert.finetune.run", "fine-tune and evaluate one CLUE or demo task"),
     "clue": ("ckbert.finetune.clue", "run several CLUE tasks and write one results table"),
-    "probe": ("ckbert.finetune.probe", "knowledge probe: rank KG tails by masked pseudo-log-likelihood"),
+    "probe": ("ckbert.finetune.probe", "knowledge probes: CMRM-level relation ranking on held-out rows, or a KG cloze"),
 }
 
 

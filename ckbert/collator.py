@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ckbert.data_prep.kg_store import KGStore, sample_negatives, sample_positive
+from ckbert.data_prep.kg_store import KGStore, heldout_entity, sample_negatives, sample_positive
 from ckbert.train_config import CMRMConfig, MaskingConfig
 
 # Marker whitelist (method.md, sec. 1): which word of an arc gets the marker pair.
@@ -43,8 +43,11 @@ SRC_DEP, SRC_SDP, SRC_PRIORITY, SRC_RANDOM, SRC_MARKER = 1, 2, 3, 4, 5
 
 # Counted per batch and logged: kept mentions; mentions dropped for lack of a positive / of any
 # negative; mentions with fewer than K negatives (shortfall) and their missing slots; negatives
-# dropped because they tokenize like the positive or another negative (merged).
-CMRM_STAT_KEYS = ("mentions", "no_positive", "no_negative", "shortfall", "missing_slots", "merged")
+# dropped because they tokenize like the positive or another negative (merged); mentions of a
+# held-out head (cmrm.heldout_heads), never anchors.
+CMRM_STAT_KEYS = ("mentions", "no_positive", "no_negative", "shortfall", "missing_slots", "merged", "heldout")
+# Draws of a 1-hop fact before a mention counts as no_positive (its facts may all end at held-out heads).
+POSITIVE_TRIES = 8
 
 
 @dataclass
@@ -66,6 +69,17 @@ def _stochastic_round(x: float, rng: np.random.Generator) -> int:
     """floor(x) or ceil(x), unbiased: the DEP/SDP shares of a small budget stay 30% on average."""
     base = int(np.floor(x))
     return base + int(rng.random() < x - base)
+
+
+def sample_text(kg: KGStore, mention: str, rel: int | None, tail: int, cmrm: CMRMConfig) -> str:
+    """A CMRM sample: the mention's entity name, then (optionally) the relation, then the tail's
+    name, cut to `cmrm.sample_chars` characters (method.md, section 2). The relation probe renders
+    its candidates with this function too."""
+    if rel is not None and cmrm.relation_in_text:
+        text = mention + kg.relation_name(rel) + kg.entity_name(tail)
+    else:
+        text = mention + kg.entity_name(tail)
+    return text[: cmrm.sample_chars]
 
 
 def _mark_codes(labels: list[str], table: dict[str, int]) -> np.ndarray:
@@ -111,6 +125,7 @@ class PretrainCollator:
         self.content_pos = np.array([tag.startswith(prefixes) for tag in manifest["pos_tags"]] + [False])
         self.dep_marks = _mark_codes(manifest.get("dep_labels", []), DEP_MARKED)
         self.sdp_marks = _mark_codes(manifest.get("sdp_labels", []), SDP_MARKED)
+        self._heldout_cache: dict[int, bool] = {}
 
     # ---- LMLM -------------------------------------------------------------------------------
     def _select_arcs(self, rng, heads, labels, marks, word_len, masked, budget, source, src_code,
@@ -260,15 +275,30 @@ class PretrainCollator:
 
     # ---- CMRM -------------------------------------------------------------------------------
     def _render(self, mention: str, rel: int | None, tail: int) -> str:
-        if rel is not None and self.cmrm.relation_in_text:
-            text = mention + self.kg.relation_name(rel) + self.kg.entity_name(tail)
-        else:
-            text = mention + self.kg.entity_name(tail)
-        return text[: self.cmrm.sample_chars]
+        return sample_text(self.kg, mention, rel, tail, self.cmrm)
+
+    def _heldout(self, ent: int) -> bool:
+        if self.cmrm.heldout_heads <= 0:
+            return False
+        if ent not in self._heldout_cache:
+            self._heldout_cache[ent] = heldout_entity(self.kg.entity_name(ent), self.cmrm.heldout_heads)
+        return self._heldout_cache[ent]
+
+    def _positive_fact(self, ent: int, rng: np.random.Generator) -> tuple[int, int] | None:
+        """A random 1-hop fact whose tail is not a held-out head (redrawn up to POSITIVE_TRIES times)."""
+        for _ in range(POSITIVE_TRIES if self.cmrm.heldout_heads > 0 else 1):
+            fact = sample_positive(self.kg, ent, rng)
+            if fact is None or not self._heldout(fact[1]):
+                return fact
+        return None
 
     def _samples(self, mentions, rng, texts: dict[str, int], stats: dict[str, int]):
         """Per kept mention: [positive, K negatives] as indices into `texts` (-1 = missing)."""
         k = self.cmrm.negatives
+        if self.cmrm.heldout_heads > 0:  # before the cap, so held-out mentions leave room for others
+            kept_out = [m for m in mentions if not self._heldout(m[2])]
+            stats["heldout"] += len(mentions) - len(kept_out)
+            mentions = kept_out
         if len(mentions) > self.cmrm.mentions_per_sequence:
             pick = np.sort(rng.choice(len(mentions), self.cmrm.mentions_per_sequence, replace=False))
             mentions = [mentions[i] for i in pick]
@@ -279,7 +309,7 @@ class PretrainCollator:
             if desc:
                 pos_text = (name + desc)[: self.cmrm.sample_chars]
             else:
-                fact = sample_positive(self.kg, ent, rng)
+                fact = self._positive_fact(ent, rng)
                 if fact is None:
                     stats["no_positive"] += 1
                     continue

@@ -207,7 +207,20 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, tokenizer: str | None =
     config = checkpoint_model_config(state, weights, ckpt / STATE_FILE)
     step = int(state.get("step", 0))
     card = card_info(state, run_metrics(ckpt, step), metrics or {})
-    return export_hf_folder(weights, config, find_tokenizer(ckpt, state, tokenizer), out, card, overwrite)
+    return export_hf_folder(weights, config, find_tokenizer(ckpt, state, tokenizer), out, card, overwrite,
+                            recorded_cmrm(state))
+
+
+# CMRM settings an export records in config.json under "ckbert_cmrm" (the relation probe reads them:
+# which heads were held out, how sample texts were rendered); plain transformers ignores the key.
+RECORDED_CMRM_KEYS = ("heldout_heads", "sample_chars", "relation_in_text", "max_hop", "negatives", "temperature")
+
+
+def recorded_cmrm(state: dict[str, Any]) -> dict[str, Any]:
+    cmrm = state.get("config", {}).get("cmrm", {})
+    if not isinstance(cmrm, dict) or not cmrm.get("enabled"):
+        return {}
+    return {"ckbert_cmrm": {k: cmrm[k] for k in RECORDED_CMRM_KEYS if k in cmrm}}
 
 
 def main(argv: list[str]) -> int:

@@ -100,10 +100,12 @@ def export_hf_folder(
     out: str | Path,
     card: CardInfo,
     overwrite: bool = False,
+    extra_config: dict[str, Any] | None = None,
 ) -> Path:
     """Write an HF masked-LM folder to `out` (built in a temporary sibling, then renamed, so a
     crash never leaves a folder that looks complete; modes follow the umask). `out` must not exist
-    or be empty, unless `overwrite` (then it is replaced whole)."""
+    or be empty, unless `overwrite` (then it is replaced whole). `extra_config` adds keys to
+    config.json (e.g. `ckbert_cmrm`)."""
     from transformers import AutoTokenizer
 
     out = Path(out)
@@ -123,6 +125,7 @@ def export_hf_folder(
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         hf = hf_config_dict(config)
         hf["dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+        hf.update(extra_config or {})
         (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n", encoding="utf-8")
         tokenizer.save_pretrained(str(tmp))
         (tmp / "README.md").write_text(model_card(config, card, tokenizer), encoding="utf-8")

@@ -147,6 +147,14 @@ class BudgetSchedule:
         self._apply()
 
 
+def ramped_accum(grad_accum: int, ramp: float, progress: float) -> int:
+    """Micro-batches in the next optimizer step under a batch ramp: 1 at the start, rising linearly
+    with the budget's progress to `grad_accum` at `ramp` (0 = `grad_accum` throughout)."""
+    if ramp <= 0:
+        return grad_accum
+    return 1 + int((grad_accum - 1) * min(1.0, progress / ramp))
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, warmup_ratio: float, max_steps: int,
                     max_seconds: float = 0.0, max_tokens: int = 0) -> BudgetSchedule:
     return BudgetSchedule(optimizer, warmup_ratio, max_steps, max_seconds, max_tokens)

@@ -36,7 +36,7 @@ from ckbert.heldout import heldout_start
 from ckbert.model import CKBertForPreTraining
 from ckbert.model_config import ModelConfig, load_model_config, model_config_from_dict, resolve_vocab_size
 from ckbert.objectives import cmrm_loss, cmrm_scores, masked_mean_pool, mention_anchors, mlm_loss
-from ckbert.optim import build_optimizer, build_scheduler
+from ckbert.optim import build_optimizer, build_scheduler, ramped_accum
 from ckbert.train_config import PretrainConfig, load_pretrain_config
 from ckbert.world import World
 
@@ -384,7 +384,9 @@ def run(cfg: PretrainConfig, resume: bool = False, world: World | None = None) -
     global_micro = cfg.train.batch_size * world.size  # rows per micro-step, all ranks together
     say(world, f"[pretrain] world size {world.size}, strategy {cfg.parallel.strategy}: global batch "
                f"{global_micro * cfg.train.grad_accum} = micro-batch {cfg.train.batch_size} x accumulation "
-               f"{cfg.train.grad_accum} x world {world.size}")
+               f"{cfg.train.grad_accum} x world {world.size}"
+               + (f", ramped up from one micro-batch over {cfg.train.batch_ramp:.0%} of the budget"
+                  if cfg.train.batch_ramp else ""))
     from ckbert.parallel import DistEnv, all_reduce_sum  # scale-out (docs/distributed.md)
     from ckbert.plan import mfu
     from ckbert.plan import peak_flops as gpu_peak_flops
@@ -503,7 +505,7 @@ def run(cfg: PretrainConfig, resume: bool = False, world: World | None = None) -
             cmrm_counts += batch.pop("cmrm_stats").numpy()
             batch.pop("mlm_sources")
             micro.append(to_device(batch, device))
-            if len(micro) < cfg.train.grad_accum:
+            if len(micro) < ramped_accum(cfg.train.grad_accum, cfg.train.batch_ramp, scheduler.progress()):
                 continue
             metrics = train_step(ctx, micro)
             micro = []

@@ -73,6 +73,10 @@ class CMRMConfig:
     sample_chars: int = 16  # each sample text ("mention + tail") is cut to this many characters
     relation_in_text: bool = False  # render "mention relation tail" instead of "mention tail"
     in_batch_negatives: bool = False  # also score every other sample text of the batch
+    # Held-out heads (the relation probe's generalisation test): this share of KG entities, fixed by
+    # name (ckbert.data_prep.kg_store.heldout_entity), is never an anchor nor a positive's tail, so
+    # their triples stay unseen by CMRM. Recorded in the checkpoint and the exported config.json.
+    heldout_heads: float = 0.0
 
     def validate(self) -> None:
         if self.weight < 0 or self.temperature <= 0:
@@ -81,6 +85,8 @@ class CMRMConfig:
             raise ValueError("cmrm.negatives, mentions_per_sequence must be >= 1, sample_chars >= 2")
         if self.max_hop not in (2, 3):
             raise ValueError("cmrm.max_hop must be 2 or 3")
+        if not 0.0 <= self.heldout_heads < 1.0:
+            raise ValueError(f"cmrm.heldout_heads must be in [0, 1), got {self.heldout_heads}")
 
 
 @dataclass
@@ -106,6 +112,9 @@ class OptimConfig:
 class TrainConfig:
     batch_size: int = 32  # sequences per micro-batch per rank
     grad_accum: int = 1  # micro-batches per optimizer step
+    # Batch ramp: over this share of the budget the optimizer batch grows linearly from one
+    # micro-batch to grad_accum of them (0 = the full batch from the first step; Cramming, 2022).
+    batch_ramp: float = 0.0
     max_steps: int = 1000  # optimizer steps (epochs repeat with new masks until reached)
     # Budgets: the run stops (with a checkpoint) at whichever is spent first, and the lr schedule
     # runs over that budget (ckbert.optim.BudgetSchedule), so a time-boxed run ends annealed.
@@ -135,6 +144,10 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_every < 0 or self.save_every < 0 or self.max_minutes < 0 or self.max_tokens < 0:
             raise ValueError("train.eval_every, save_every, max_minutes and max_tokens must be >= 0")
+        if not 0.0 <= self.batch_ramp <= 1.0:
+            raise ValueError(f"train.batch_ramp must be in [0, 1], got {self.batch_ramp}")
+        if self.batch_ramp > 0 and self.grad_accum < 2:
+            raise ValueError("train.batch_ramp needs train.grad_accum >= 2 (the batch ramps up to grad_accum micro-batches)")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"train.dropout must be null or in [0, 1), got {self.dropout}")
 

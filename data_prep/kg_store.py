@@ -416,6 +416,16 @@ class KGStore:
         return sum(os.path.getsize(self.path / f"{n}.npy") for n in _ARRAYS)
 
 
+def heldout_entity(name: str, share: float) -> bool:
+    """Whether entity `name` is in the held-out share of heads (issue 12): a fixed function of the
+    name alone (BLAKE2b of its UTF-8 bytes read as a fraction of 2**64 < `share`), so CMRM's sampler,
+    the relation probe and any rebuild of the store agree without storing a list."""
+    if share <= 0:
+        return False
+    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8, person=b"ckbert-heldout").digest()
+    return int.from_bytes(digest, "big") / 2.0**64 < share
+
+
 def sample_positive(store: KGStore, i: int, rng: np.random.Generator) -> tuple[int, int] | None:
     """One random 1-hop fact (relation id, tail id) of entity `i`, or None when it has no out-edge."""
     a, b = int(store.indptr[i]), int(store.indptr[i + 1])

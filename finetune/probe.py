@@ -1,15 +1,25 @@
-"""`ckbert probe --model DIR --kg DIR`: does the encoder know the KG's facts? (method.md, section 4)
+"""`ckbert probe`: does the encoder know the KG's facts? (method.md, section 4; issue 12)
 
-For a triple (head, relation, tail) the template, e.g. "{head}的{relation}是{tail}。", is filled with
-the head and relation and `n` [MASK] tokens in place of the tail, where `n` is the token count of
-the candidate being scored. A candidate's score is the masked log-likelihood of its tokens at those
-positions, all masks predicted in one pass (mean over its tokens by default, `--score sum` for the
-sum). The true tail is ranked against K distractor tails drawn from the tails of the same relation
-that are not a true tail of (head, relation). Ties count against the true tail.
+Two kinds:
 
-Triples are split into `seen` (the head is an entity the pretraining corpus mentions: the
-`ent_id`s of a prepared dataset, `--prepared`, or names listed in `--seen-heads`) and `held_out`;
-accuracy@1 and MRR are reported per group next to the chance level of the same candidate sets.
+- `--kind relation` (ckbert.finetune.relation_probe): at the level CMRM trains, on held-out rows:
+  a mention's mean last-layer state against "mention + true neighbour" and "mention + hop-2..3 or
+  random entity" texts, by cosine; seen and held-out heads apart.
+- `--kind cloze` (the default): for a triple (head, relation, tail) the template, e.g.
+  "{head}的{relation}是{tail}。", is filled with the head and relation and `n` [MASK] tokens in
+  place of the tail, `n` the token count of the candidate being scored. A candidate's score is the
+  masked log-likelihood of its tokens at those positions, all masks predicted in one pass (mean
+  over its tokens by default, `--score sum` for the sum). The true tail is ranked against K
+  distractor tails of the same relation that are not a true tail of (head, relation) and that
+  occur in exactly as many triples of that relation as the true tail, so that knowing how common a
+  tail is gives exactly chance (a tail with no such peer is skipped and counted). Inverse relations
+  (stores built with `--kg-inverse-edges`) are not asked.
+
+Ties are broken at random (their expected value is counted), so a scorer that cannot tell the
+candidates apart scores exactly the chance level. Triples are split into `seen` and `held_out`
+heads; accuracy@1 and MRR are reported per group next to the chance level of the same candidate
+sets. For the cloze, `seen` heads are the entities a prepared dataset links (`--prepared`) or the
+names in `--seen-heads`.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import torch
 from ckbert.errors import UserError
 from ckbert.finetune.checkpoint import check_model_dir, load_model, load_tokenizer
 from ckbert.finetune.submission import write_json
+from ckbert.data_prep.kg_store import INVERSE_SUFFIX
 from ckbert.outputs import check_out_file
 
 DEFAULT_TEMPLATE = "{head}的{relation}是{tail}。"
@@ -75,6 +86,25 @@ def seen_heads_from_prepared(store: Any, prepared: Path) -> set[int]:
     return seen
 
 
+def relation_pools(store: Any, heads: np.ndarray, rels: np.ndarray, tails: np.ndarray
+                   ) -> tuple[np.ndarray, dict[tuple[int, int], np.ndarray], np.ndarray]:
+    """Per triple, how many triples of its relation share its tail; the tails of each (relation,
+    that count) pool; and which triples are asked (not inverse edges)."""
+    key = rels.astype(np.int64) * store.num_entities + tails
+    uniq, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    per_triple = counts[inverse]
+    u_rel, u_tail = uniq // store.num_entities, uniq % store.num_entities
+    pools: dict[tuple[int, int], list[int]] = {}
+    for r, t, c in zip(u_rel.tolist(), u_tail.tolist(), counts.tolist(), strict=True):
+        pools.setdefault((r, c), []).append(t)
+    asked = np.ones(len(heads), dtype=bool)
+    if store.meta.get("inverse_edges"):
+        suffix = store.meta.get("inverse", {}).get("suffix", INVERSE_SUFFIX)
+        inverse_rel = np.array([store.relation_name(r).endswith(suffix) for r in range(store.num_relations)])
+        asked = ~inverse_rel[rels]
+    return per_triple, {k: np.array(v) for k, v in pools.items()}, asked
+
+
 def build_items(
     store: Any,
     tokenizer: Any,
@@ -88,7 +118,8 @@ def build_items(
     """Up to `max_triples` probe items per group, triples drawn in a seeded random order."""
     heads, rels, tails = all_triples(store)
     rng = np.random.default_rng(seed)
-    pools = {int(r): np.unique(tails[rels == r]) for r in np.unique(rels)}
+    tail_count, pools, asked = relation_pools(store, heads, rels, tails)
+    stats["inverse_triples_not_asked"] = int((~asked).sum())
     n_tokens: dict[int, int] = {}
 
     def length(e: int) -> int:
@@ -98,7 +129,7 @@ def build_items(
 
     items: list[ProbeItem] = []
     taken: dict[str, int] = {}
-    for t in rng.permutation(len(heads)):
+    for t in rng.permutation(np.flatnonzero(asked)):
         h, r, tail = int(heads[t]), int(rels[t]), int(tails[t])
         group = "all" if seen is None else ("seen" if h in seen else "held_out")
         if taken.get(group, 0) >= max_triples:
@@ -110,7 +141,7 @@ def build_items(
             continue
         nb_rel, nb_tail = store.neighbors(h)
         truths = set(nb_tail[nb_rel == r].tolist())
-        pool = pools[r]
+        pool = pools[(r, int(tail_count[t]))]  # tails exactly as common in this relation as the true one
         # a small random sample first (pools can hold 1e5 tails); the whole pool only when it falls short
         first = rng.choice(len(pool), size=min(len(pool), 2 * k + len(truths) + 8), replace=False)
         distractors: list[int] = []
@@ -123,7 +154,7 @@ def build_items(
             if len(distractors) == k or len(first) == len(pool):
                 break
         if not distractors:
-            stats["skipped_no_distractor"] = stats.get("skipped_no_distractor", 0) + 1
+            stats["skipped_no_frequency_match"] = stats.get("skipped_no_frequency_match", 0) + 1
             continue
         if len(distractors) < k:
             stats["fewer_than_k_distractors"] = stats.get("fewer_than_k_distractors", 0) + 1
@@ -175,28 +206,35 @@ def score_candidates(
     return scores
 
 
-def summarise(items: list[ProbeItem], scores: list[list[float]]) -> dict[str, dict[str, float]]:
-    """accuracy@1 (%), MRR and their chance levels per group; the true tail is candidate 0."""
-    groups: dict[str, list[tuple[int, int]]] = {}
-    for it, row in zip(items, scores, strict=True):
-        rank = 1 + sum(1 for s in row[1:] if s >= row[0])  # ties count against the true tail
-        groups.setdefault(it.group, []).append((rank, len(row)))
+def summarise(groups: list[str], scores: list[list[float]]) -> dict[str, dict[str, float]]:
+    """accuracy@1 (%), MRR and their chance levels per group; the true candidate is scores[i][0].
+
+    Ties are broken at random, in expectation: with g candidates above the true one and e tied
+    with it, its rank is uniform on g+1 .. g+1+e, so a scorer that cannot separate the candidates
+    scores exactly chance."""
+    ranks: dict[str, list[tuple[float, float, int]]] = {}
+    for group, row in zip(groups, scores, strict=True):
+        above = sum(1 for s in row[1:] if s > row[0])
+        tied = sum(1 for s in row[1:] if s == row[0])
+        acc = 1.0 / (1 + tied) if above == 0 else 0.0
+        rr = sum(1.0 / (above + 1 + j) for j in range(tied + 1)) / (tied + 1)
+        ranks.setdefault(group, []).append((acc, rr, len(row)))
     out = {}
-    for group, ranks in sorted(groups.items()):
-        n = len(ranks)
+    for group, rows in sorted(ranks.items()):
+        n = len(rows)
         out[group] = {
             "triples": n,
-            "accuracy@1": 100.0 * sum(r == 1 for r, _ in ranks) / n,
-            "mrr": sum(1.0 / r for r, _ in ranks) / n,
-            "chance_accuracy@1": 100.0 * sum(1.0 / c for _, c in ranks) / n,
-            "chance_mrr": sum(sum(1.0 / j for j in range(1, c + 1)) / c for _, c in ranks) / n,
-            "mean_candidates": sum(c for _, c in ranks) / n,
+            "accuracy@1": 100.0 * sum(a for a, _, _ in rows) / n,
+            "mrr": sum(rr for _, rr, _ in rows) / n,
+            "chance_accuracy@1": 100.0 * sum(1.0 / c for _, _, c in rows) / n,
+            "chance_mrr": sum(sum(1.0 / j for j in range(1, c + 1)) / c for _, _, c in rows) / n,
+            "mean_candidates": sum(c for _, _, c in rows) / n,
         }
     return out
 
 
 def markdown(report: dict[str, dict[str, float]]) -> str:
-    lines = ["| group | triples | acc@1 | MRR | chance acc@1 | chance MRR |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| group | items | acc@1 | MRR | chance acc@1 | chance MRR |", "| --- | --- | --- | --- | --- | --- |"]
     for g, r in report.items():
         lines.append(
             f"| {g} | {r['triples']} | {r['accuracy@1']:.2f} | {r['mrr']:.4f} | "
@@ -207,39 +245,69 @@ def markdown(report: dict[str, dict[str, float]]) -> str:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="ckbert probe", description=__doc__.split("\n\n")[0])
+    p.add_argument("--kind", choices=("cloze", "relation"), default="cloze",
+                   help="cloze: fill the tail from the MLM head; relation: CMRM's cosine on held-out rows")
     p.add_argument("--model", required=True, type=Path, help="Hugging Face masked-LM folder (BERT family)")
-    p.add_argument("--kg", required=True, type=Path, help="KG store folder (docs/contracts.md)")
+    p.add_argument("--kg", type=Path, help="KG store folder (cloze; the relation probe uses --prepared's)")
     seen = p.add_mutually_exclusive_group()
-    seen.add_argument("--prepared", type=Path, help="prepared dataset: its linked entities are the seen heads")
-    seen.add_argument("--seen-heads", type=Path, help="file with one seen head entity name per line")
-    p.add_argument("--k", type=int, default=9, help="distractor tails per triple (default 9)")
-    p.add_argument("--max-triples", type=int, default=500, help="triples per group (default 500)")
-    p.add_argument("--max-tail-tokens", type=int, default=8, help="longest tail, in tokens (default 8)")
+    seen.add_argument("--prepared", type=Path, help="prepared dataset: cloze, its linked entities are the seen "
+                      "heads; relation, its held-out rows and KG are probed")
+    seen.add_argument("--seen-heads", type=Path, help="cloze: file with one seen head entity name per line")
+    p.add_argument("--k", type=int, help="distractors per item (default: cloze 9, relation 4 = CMRM's K)")
+    p.add_argument("--max-triples", type=int, default=500, help="cloze: triples per group (default 500)")
+    p.add_argument("--max-tail-tokens", type=int, default=8, help="cloze: longest tail, in tokens (default 8)")
     p.add_argument("--template", default=DEFAULT_TEMPLATE, help=f"cloze template (default {DEFAULT_TEMPLATE!r})")
-    p.add_argument("--score", choices=("mean", "sum"), default="mean", help="per-token mean or sum of log-probs")
+    p.add_argument("--score", choices=("mean", "sum"), default="mean", help="cloze: per-token mean or sum of log-probs")
+    p.add_argument("--eval-rows", type=int, default=256, help="relation: the held-out rows (a run's data.eval_rows)")
+    p.add_argument("--per-mention", type=int, default=2, help="relation: true neighbours asked per mention (default 2)")
+    p.add_argument("--heldout-share", type=float, help="relation: share of heads CMRM held out (default: the "
+                   "model's config.json ckbert_cmrm.heldout_heads, else 0.2)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--random-init", action="store_true", help="same architecture and tokenizer, random weights (chance baseline)")
     p.add_argument("--out", type=Path, help="write the report as JSON to this file (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = p.parse_args(argv)
+    args.k = args.k if args.k is not None else (9 if args.kind == "cloze" else 4)
     if "{tail}" not in args.template or "{head}" not in args.template:
         raise UserError("--template must contain {head} and {tail}")
-    for flag in ("k", "max_triples", "max_tail_tokens", "batch_size"):
+    for flag in ("k", "max_triples", "max_tail_tokens", "batch_size", "eval_rows", "per_mention"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if args.heldout_share is not None and not 0.0 <= args.heldout_share < 1.0:
+        raise UserError(f"--heldout-share must be in [0, 1), got {args.heldout_share}")
+    if args.kind == "relation" and args.prepared is None:
+        raise UserError("--kind relation needs --prepared (its held-out rows and KG)")
+    if args.kind == "cloze" and args.kg is None:
+        raise UserError("--kind cloze needs --kg")
     if args.out is not None:
         check_out_file(args.out, args.overwrite)  # before any work: never after the scoring
     from transformers import AutoModelForMaskedLM
 
+    check_model_dir(args.model)
+    model = load_model(AutoModelForMaskedLM, args.model, args.random_init)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    stats: dict[str, int] = {}
+    record: dict[str, Any] = {"kind": args.kind, "model": str(args.model), "random_init": args.random_init,
+                              "k": args.k, "seed": args.seed}
+    if args.kind == "relation":
+        report = run_relation(model, args, stats, record)
+    else:
+        report = run_cloze(model, args, stats, record)
+    print(", ".join(f"{k}={v}" for k, v in sorted(stats.items())))
+    print(markdown(report), end="")
+    if args.out is not None:
+        write_json(args.out, {**record, "stats": stats, "groups": report})
+    return 0
+
+
+def run_cloze(model: Any, args: argparse.Namespace, stats: dict[str, int], record: dict[str, Any]) -> dict:
     from ckbert.data_prep.kg_store import KGStore
 
-    check_model_dir(args.model)
     store = KGStore.open(args.kg)
     tokenizer = load_tokenizer(args.model)
-    stats: dict[str, int] = {}
     heads: set[int] | None = None
     if args.prepared is not None:
         heads = seen_heads_from_prepared(store, args.prepared)
@@ -248,17 +316,38 @@ def main(argv: list[str]) -> int:
     items = build_items(store, tokenizer, heads, args.k, args.max_triples, args.max_tail_tokens, args.seed, stats)
     if not items:
         raise UserError("no probe triples (every tail too long or without distractors)", path=args.kg)
-    model = load_model(AutoModelForMaskedLM, args.model, args.random_init)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
-    scores = score_candidates(
-        model, tokenizer, items, args.template, args.score, args.batch_size
-    )
-    report = summarise(items, scores)
     if heads is None:
         print("no --prepared or --seen-heads given: all triples in one group")
-    print(", ".join(f"{k}={v}" for k, v in sorted(stats.items())))
-    print(markdown(report), end="")
-    if args.out is not None:
-        write_json(args.out, {"model": str(args.model), "random_init": args.random_init, "kg": str(args.kg), "k": args.k, "template": args.template,
-                              "score": args.score, "seed": args.seed, "stats": stats, "groups": report})
-    return 0
+    scores = score_candidates(model, tokenizer, items, args.template, args.score, args.batch_size)
+    record.update({"kg": str(args.kg), "template": args.template, "score": args.score})
+    return summarise([it.group for it in items], scores)
+
+
+def run_relation(model: Any, args: argparse.Namespace, stats: dict[str, int], record: dict[str, Any]) -> dict:
+    import dataclasses
+
+    from ckbert.data_prep.dataset import open_prepared
+    from ckbert.finetune import relation_probe as rp
+    from ckbert.heldout import heldout_start
+    from ckbert.train_config import CMRMConfig
+
+    manifest, dataset, kg, tokenizer = open_prepared(args.prepared)
+    if len(tokenizer) > model.config.vocab_size:
+        raise UserError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the dataset's "
+                        f"tokenizer ({len(tokenizer)})", path=args.prepared)
+    recorded = rp.recorded_cmrm(model.config)
+    share = args.heldout_share if args.heldout_share is not None else float(recorded.get("heldout_heads", 0.2))
+    fields = {f.name for f in dataclasses.fields(CMRMConfig)}
+    cmrm = CMRMConfig(**{k: v for k, v in recorded.items() if k in fields and k != "heldout_heads"})
+    start = heldout_start(len(dataset), args.eval_rows)
+    items = rp.build_items(dataset, range(start, len(dataset)), kg, cmrm, share, args.k, args.per_mention,
+                           args.seed, stats)
+    if not items:
+        raise UserError("no relation probe items: the held-out rows link no entity with neighbours",
+                        path=args.prepared)
+    scores = rp.score_items(model, tokenizer, dataset, items, cmrm.sample_chars, args.batch_size)
+    groups = [f"{it.group}, vs {key}" for key in rp.NEGATIVE_SETS for it in items]
+    record.update({"prepared": str(args.prepared), "eval_rows": len(dataset) - start, "heldout_share": share,
+                   "per_mention": args.per_mention, "sample_chars": cmrm.sample_chars,
+                   "mentions": len({(it.row, it.start) for it in items})})
+    return summarise(groups, [row for key in rp.NEGATIVE_SETS for row in scores[key]])

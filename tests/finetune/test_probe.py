@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,11 +63,46 @@ def test_scores_are_masked_log_likelihoods(tiny_model):
         assert m == pytest.approx(expected / len(ids), abs=1e-4)
 
 
-def test_ranks_count_ties_against_the_true_tail():
-    items = [ProbeItem("h", "r", ["a", "b", "c"], "all")] * 3
-    report = summarise(items, [[0.0, -1.0, -2.0], [0.0, 0.0, -2.0], [-3.0, -1.0, -2.0]])["all"]
-    assert report["accuracy@1"] == pytest.approx(100 / 3)
-    assert report["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+def test_ties_are_broken_at_random_in_expectation():
+    groups = ["all"] * 3
+    report = summarise(groups, [[0.0, -1.0, -2.0], [0.0, 0.0, -2.0], [-3.0, -1.0, -2.0]])["all"]
+    assert report["accuracy@1"] == pytest.approx(100 * (1 + 1 / 2 + 0) / 3)
+    assert report["mrr"] == pytest.approx((1 + (1 + 1 / 2) / 2 + 1 / 3) / 3)
+    flat = summarise(["all"], [[0.5, 0.5, 0.5]])["all"]  # cannot tell them apart: exactly chance
+    assert flat["accuracy@1"] == pytest.approx(flat["chance_accuracy@1"]) and flat["mrr"] == pytest.approx(flat["chance_mrr"])
+
+
+def test_a_frequency_only_scorer_gets_chance_and_inverse_relations_are_not_asked(tiny_model, tmp_path):
+    """Popular tails come up as true tails more often than rare ones; distractors as common as the
+    true tail (in that relation) make knowing tail frequencies worth exactly chance."""
+    from collections import Counter
+
+    from ckbert.data_prep.kg_store import INVERSE_SUFFIX, build_store
+    from ckbert.data_prep.readers import Tally
+
+    rng = np.random.default_rng(0)
+    tails = ["发热", "咳嗽", "胸痛", "腹痛", "多尿", "头晕", "布洛芬", "阿莫西林"]
+    weights = np.array([12, 12, 5, 5, 2, 2, 1, 1], dtype=float)
+    triples = set()
+    for h in range(40):
+        for t in rng.choice(len(tails), size=2, replace=False, p=weights / weights.sum()):
+            triples.add((f"病{h}", "症状", tails[t]))
+    build_store(sorted(triples), tmp_path / "kg", source="test", tally=Tally(), inverse_edges=True)
+    store = KGStore.open(tmp_path / "kg")
+    freq = Counter(t for _, _, t in triples)
+    stats: dict[str, int] = {}
+    items = build_items(store, load_tokenizer(tiny_model), None, k=3, max_triples=1000, max_tail_tokens=8,
+                        seed=0, stats=stats)
+    assert items and stats["inverse_triples_not_asked"] == len(triples)
+    assert not any(it.relation.endswith(INVERSE_SUFFIX) for it in items)
+    for it in items:
+        assert {freq[c] for c in it.candidates} == {freq[it.candidates[0]]}  # distractors as common as the truth
+    assert max(freq[it.candidates[0]] for it in items) > 1  # common tails are asked too, each per triple
+    unmatched = sum(n for n in freq.values() if list(freq.values()).count(n) == 1)
+    assert stats.get("skipped_no_frequency_match", 0) == unmatched  # a tail without an equally common peer
+    report = summarise(["all"] * len(items), [[freq[c] for c in it.candidates] for it in items])["all"]
+    assert report["accuracy@1"] == pytest.approx(report["chance_accuracy@1"])
+    assert report["mrr"] == pytest.approx(report["chance_mrr"])
 
 
 def test_prepared_dataset_mentions_are_the_seen_heads(tiny_model, kg_triples, tmp_path, capsys):

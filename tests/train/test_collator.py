@@ -297,3 +297,34 @@ def test_arc_shares(arc_setup):
     share = counts / total
     assert abs(share[SRC_DEP] - 0.3) < 0.03 and abs(share[SRC_SDP] - 0.3) < 0.03, share
     assert abs(share[SRC_RANDOM] - 0.4) < 0.04, share
+
+
+def test_heldout_heads_are_never_anchors_nor_positive_tails(prepared):
+    """cmrm.heldout_heads: mentions of held-out entities are dropped (counted), and no positive ends
+    at a held-out entity, so the relation probe's held-out triples are unseen by CMRM."""
+    from ckbert.data_prep.kg_store import heldout_entity
+
+    manifest, ds, kg, tok = prepared
+    share = 0.5
+    col = PretrainCollator(tok, manifest, kg, MaskingConfig(), CMRMConfig(heldout_heads=share), 64, 0)
+    names = [kg.entity_name(i) for i in range(kg.num_entities)]
+    out = {n for n in names if heldout_entity(n, share)}
+    assert 0.3 < len(out) / len(names) < 0.7  # about the share, by name
+    assert heldout_entity("感冒", 0.5) == heldout_entity("感冒", 0.5) and not heldout_entity("感冒", 0.0)
+    heldout = kept = 0
+    for r in range(300):
+        row = ds[r]
+        mentions = list(zip(row["ent_start"], row["ent_end"], row["ent_id"], strict=True))
+        texts, stats = {}, dict.fromkeys(("no_positive", "no_negative", "shortfall", "missing_slots", "heldout"), 0)
+        spans, slots = col._samples(mentions, np.random.default_rng(r), texts, stats)
+        heldout += stats["heldout"]
+        assert stats["heldout"] == sum(kg.entity_name(e) in out for _, _, e in mentions[:])
+        by_index = {i: t for t, i in texts.items()}
+        for (start, end), row_slots in zip(spans, slots, strict=True):
+            ent = next(e for s, e2, e in mentions if (s, e2) == (start, end))
+            name = kg.entity_name(ent)
+            assert name not in out
+            tails = {t for t in (int(x) for x in kg.neighbors(ent)[1]) if kg.entity_name(t) not in out}
+            assert by_index[row_slots[0]] in {(name + kg.entity_name(t))[:16] for t in tails}
+            kept += 1
+    assert heldout > 10 and kept > 10, (heldout, kept)

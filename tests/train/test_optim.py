@@ -67,3 +67,10 @@ def test_adamw_uses_the_fused_implementation_with_the_plain_update():
     for a, b in zip(model.parameters(), ref.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
     assert adamw_impl([{"params": [torch.nn.Parameter(torch.zeros(2, dtype=torch.long), requires_grad=False)]}]) == {"foreach": True}
+
+
+def test_batch_ramp_grows_the_step_from_one_micro_batch_to_grad_accum():
+    from ckbert.optim import ramped_accum
+
+    assert [ramped_accum(4, 0.0, p) for p in (0.0, 0.5, 1.0)] == [4, 4, 4]  # no ramp: the full batch
+    assert [ramped_accum(4, 0.5, p) for p in (0.0, 0.1, 0.2, 0.34, 0.49, 0.5, 0.9)] == [1, 1, 2, 3, 3, 4, 4]

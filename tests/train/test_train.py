@@ -209,3 +209,13 @@ def test_compiled_step_gives_the_same_losses(full_run, tmp_path, prepared_dir, m
     last = sorted((tmp_path / "out" / "checkpoints").glob("step-*"))[-1]
     eager_last = sorted((eager_out / "checkpoints").glob("step-*"))[-1]
     assert set(load_file(last / "model.safetensors")) == set(load_file(eager_last / "model.safetensors"))
+
+
+def test_batch_ramp_takes_more_micro_batches_per_step_as_the_budget_is_spent(tmp_path, prepared_dir,
+                                                                                micro_model_yaml):
+    cfg_path = write_config(tmp_path / "cfg.yaml", prepared_dir, micro_model_yaml, tmp_path / "out",
+                            grad_accum=3, batch_ramp=0.5, save_every=0, batch_size=2)
+    assert cli(["pretrain", "--config", str(cfg_path)]) == 0
+    state = json.loads((tmp_path / "out" / "checkpoints" / "step-000006" / "trainer_state.json").read_text())
+    # progress s/6 before step s: 1, 1, 2, 3, 3, 3 micro-batches (ckbert.optim.ramped_accum)
+    assert (state["epoch"], state["samples_in_epoch"]) == (0, 13 * 2), state

@@ -1,0 +1,154 @@
+"""`ckbert probe --kind relation`: does the encoder place a mention near its KG neighbours, as CMRM
+scores them? (issue 12; method.md, sections 2 and 4)
+
+On the rows a pretraining run never trains on (the last `--eval-rows` of a prepared dataset,
+`ckbert.heldout`), each linked mention's anchor is the mean of its last-layer states (the row
+unmasked, plain `transformers`). For up to `--per-mention` true 1-hop neighbours t of the mention's
+entity, the text "mention + t" (rendered as CMRM renders it, `ckbert.collator.sample_text`) is
+ranked against K texts "mention + x" for
+- `hop 2-3`: x drawn from the entity's hop-2..3 neighbourhood (CMRM's negatives), and
+- `random`: x drawn uniformly from all entities that are neither the entity nor a 1-hop neighbour,
+by the cosine of the anchor and the sample's masked mean pool (CMRM's score; the temperature does
+not change a ranking). A candidate whose text equals an earlier one (long names cut to
+`sample_chars`) is dropped and counted; a tie counts against the true text.
+
+Items are grouped `seen` / `held_out` by the head entity: `held_out` heads are the share of KG
+entities that CMRM never used (`cmrm.heldout_heads`, a fixed function of the name,
+`ckbert.data_prep.kg_store.heldout_entity`; read from the model's config.json key `ckbert_cmrm`
+when it has one, else `--heldout-share`). Accuracy@1 and MRR are reported beside the exact chance
+level of the same candidate sets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ckbert.collator import sample_text
+from ckbert.data_prep.kg_store import heldout_entity, sample_negatives
+from ckbert.objectives import masked_mean_pool, mention_anchors
+from ckbert.train_config import CMRMConfig
+
+NEGATIVE_SETS = ("hop 2-3", "random")
+
+
+@dataclass
+class RelationItem:
+    row: int  # index of the held-out row in the prepared dataset
+    start: int  # mention span in the row's tokens, without [CLS]
+    end: int
+    head: int  # entity ids
+    texts: dict[str, list[str]]  # negative set -> [true text, K negative texts]
+    group: str  # "seen" / "held_out"
+
+
+def random_entities(store: Any, exclude: set[int], k: int, rng: np.random.Generator) -> list[int]:
+    """k distinct entities drawn uniformly from the store, none in `exclude`."""
+    out: list[int] = []
+    while len(out) < k and len(exclude) + len(out) < store.num_entities:
+        e = int(rng.integers(store.num_entities))
+        if e not in exclude and e not in out:
+            out.append(e)
+    return out
+
+
+def dedupe(texts: list[str], stats: dict[str, int]) -> list[str]:
+    """The true text first, then each negative text not seen before (cut names can coincide)."""
+    out: list[str] = []
+    for t in texts:
+        if t in out:
+            stats["merged"] = stats.get("merged", 0) + 1
+        else:
+            out.append(t)
+    return out
+
+
+def build_items(dataset: Any, rows: range, store: Any, cmrm: CMRMConfig, share: float, k: int,
+                per_mention: int, seed: int, stats: dict[str, int]) -> list[RelationItem]:
+    """Probe items for every linked mention of `rows`, seeded."""
+    rng = np.random.default_rng(seed)
+    items: list[RelationItem] = []
+    for r in rows:
+        row = dataset[r]
+        for start, end, ent in zip(row["ent_start"], row["ent_end"], row["ent_id"], strict=True):
+            ent = int(ent)
+            rels, tails = store.neighbors(ent)
+            hop1 = {int(t) for t in tails} - {ent}
+            if not hop1:
+                stats["no_neighbour"] = stats.get("no_neighbour", 0) + 1
+                continue
+            name = store.entity_name(ent)
+            group = "held_out" if heldout_entity(name, share) else "seen"
+            hard = sample_negatives(store, ent, k, rng, max_hop=cmrm.max_hop)
+            if not hard:
+                stats["no_hop23"] = stats.get("no_hop23", 0) + 1
+                continue
+            easy = random_entities(store, hop1 | {ent}, k, rng)
+            first = {}  # tail -> relation of its first edge (the rendered relation, if any)
+            for rel, t in zip(rels.tolist(), tails.tolist(), strict=True):
+                first.setdefault(int(t), int(rel))
+            for t in rng.permutation(sorted(hop1))[:per_mention].tolist():
+                true = sample_text(store, name, first[t], t, cmrm)
+                texts = {"hop 2-3": [true, *(sample_text(store, name, None, x, cmrm) for x in hard)],
+                         "random": [true, *(sample_text(store, name, None, x, cmrm) for x in easy)]}
+                texts = {key: dedupe(v, stats) for key, v in texts.items()}
+                if any(len(v) < 2 for v in texts.values()):
+                    stats["no_distinct_negative"] = stats.get("no_distinct_negative", 0) + 1
+                    continue
+                items.append(RelationItem(r, int(start), int(end), ent, texts, group))
+    return items
+
+
+@torch.no_grad()
+def score_items(model: Any, tokenizer: Any, dataset: Any, items: list[RelationItem], sample_chars: int,
+                batch_size: int = 32) -> dict[str, list[list[float]]]:
+    """Per negative set, per item: the cosines of [true text, negatives] with the mention's anchor.
+
+    `model` is a loaded HF masked LM; its `base_model` gives the last-layer states, as in training
+    (`ckbert.train.PretrainForward`: `mention_anchors` on the row, `masked_mean_pool` on samples)."""
+    encoder = model.base_model.eval()
+    device = next(model.parameters()).device
+    spans_of: dict[int, set[tuple[int, int]]] = {}
+    for it in items:
+        spans_of.setdefault(it.row, set()).add((it.start, it.end))
+    rows = sorted(spans_of)
+    anchors: dict[tuple[int, int, int], torch.Tensor] = {}
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s : s + batch_size]
+        ids = [[tokenizer.cls_token_id, *dataset[r]["input_ids"], tokenizer.sep_token_id] for r in chunk]
+        length = max(map(len, ids))
+        input_ids = torch.full((len(ids), length), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), length), dtype=torch.long)
+        for b, x in enumerate(ids):
+            input_ids[b, : len(x)] = torch.tensor(x)
+            mask[b, : len(x)] = 1
+        hidden = encoder(input_ids=input_ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        spans = [(b, a + 1, e + 1) for b, r in enumerate(chunk) for a, e in sorted(spans_of[r])]  # +1: [CLS]
+        index, st, en = (torch.tensor(x, device=device) for x in zip(*spans, strict=True))
+        for (b, a, e), vec in zip(spans, mention_anchors(hidden, index, st, en).float().cpu(), strict=True):
+            anchors[(chunk[b], a - 1, e - 1)] = vec
+    texts = sorted({t for it in items for v in it.texts.values() for t in v})
+    pooled: dict[str, torch.Tensor] = {}
+    for s in range(0, len(texts), 4 * batch_size):
+        chunk = texts[s : s + 4 * batch_size]
+        enc = tokenizer(chunk, padding=True, truncation=True, max_length=sample_chars + 2, return_tensors="pt",
+                        return_token_type_ids=False)
+        enc = {k: v.to(device) for k, v in enc.items()}
+        out = masked_mean_pool(encoder(**enc).last_hidden_state, enc["attention_mask"]).float().cpu()
+        pooled.update(zip(chunk, out, strict=True))
+    scores: dict[str, list[list[float]]] = {key: [] for key in NEGATIVE_SETS}
+    for it in items:
+        a = torch.nn.functional.normalize(anchors[(it.row, it.start, it.end)], dim=0)
+        for key in NEGATIVE_SETS:
+            cand = torch.nn.functional.normalize(torch.stack([pooled[t] for t in it.texts[key]]), dim=1)
+            scores[key].append((cand @ a).tolist())
+    return scores
+
+
+def recorded_cmrm(model_config: Any) -> dict[str, Any]:
+    """The CMRM settings a ckbert export records in config.json (`ckbert_cmrm`), else {}."""
+    value = getattr(model_config, "ckbert_cmrm", None)
+    return dict(value) if isinstance(value, dict) else {}

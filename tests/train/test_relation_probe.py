@@ -1,0 +1,108 @@
+"""The relation probe (`ckbert probe --kind relation`): a short CMRM run with held-out heads, exported,
+then probed through plain transformers; its scores are CMRM's own (our encoder, anchors, pooling)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ckbert.checkpoint import latest_checkpoint, load_model_state, load_trainer_state
+from ckbert.cli import main as cli
+from ckbert.data_prep.kg_store import heldout_entity
+from ckbert.finetune import relation_probe as rp
+from ckbert.heldout import heldout_start
+from ckbert.model import CKBertForPreTraining
+from ckbert.model_config import model_config_from_dict
+from ckbert.objectives import masked_mean_pool, mention_anchors
+from ckbert.train_config import CMRMConfig
+
+SHARE = 0.3
+
+
+@pytest.fixture(scope="module")
+def probed_run(tmp_path_factory, prepared_dir, micro_model_yaml):
+    root = tmp_path_factory.mktemp("relprobe")
+    cfg = {"data": {"prepared": str(prepared_dir), "eval_rows": 48}, "model": str(micro_model_yaml),
+           "out": str(root / "out"), "seed": 2, "optim": {"lr": 3e-3, "warmup_ratio": 0.1},
+           "cmrm": {"heldout_heads": SHARE, "temperature": 0.1, "weight": 0.5},
+           "train": {"batch_size": 8, "max_steps": 6, "log_every": 3, "eval_every": 0, "save_every": 0}}
+    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    assert cli(["pretrain", "--config", str(root / "cfg.yaml")]) == 0
+    assert cli(["export", str(root / "out"), "--out", str(root / "hf")]) == 0
+    return root
+
+
+def test_heldout_heads_are_logged_and_recorded_in_the_export(probed_run):
+    rows = [json.loads(x) for x in (probed_run / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r.get("cmrm_heldout", 0) for r in rows) > 0  # held-out mentions were dropped, and counted
+    config = json.loads((probed_run / "hf" / "config.json").read_text())
+    assert config["ckbert_cmrm"]["heldout_heads"] == SHARE and config["ckbert_cmrm"]["sample_chars"] == 16
+    from transformers import AutoModelForMaskedLM
+
+    model = AutoModelForMaskedLM.from_pretrained(str(probed_run / "hf"))  # the extra key loads fine
+    assert rp.recorded_cmrm(model.config)["heldout_heads"] == SHARE
+
+
+def test_probe_cli_reports_seen_and_held_out_against_both_negative_sets(probed_run, prepared_dir, capsys):
+    out = probed_run / "probe.json"
+    assert cli(["probe", "--kind", "relation", "--model", str(probed_run / "hf"), "--prepared", str(prepared_dir),
+                "--eval-rows", "48", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["heldout_share"] == SHARE and report["k"] == 4
+    assert set(report["groups"]) == {"seen, vs hop 2-3", "seen, vs random", "held_out, vs hop 2-3",
+                                     "held_out, vs random"}
+    for g in report["groups"].values():
+        assert g["triples"] > 0 and 2 <= g["mean_candidates"] <= 5
+        assert g["chance_accuracy@1"] >= 20.0 and 0.0 <= g["accuracy@1"] <= 100.0
+    assert "| seen, vs hop 2-3 |" in capsys.readouterr().out
+    # --kind relation without --prepared: one line, exit 2
+    assert cli(["probe", "--kind", "relation", "--model", str(probed_run / "hf")]) == 2
+    assert "needs --prepared" in capsys.readouterr().err
+
+
+def test_items_hold_true_neighbours_first_and_no_one_hop_negatives(prepared):
+    manifest, ds, kg, tok = prepared
+    start = heldout_start(len(ds), 48)
+    stats: dict[str, int] = {}
+    items = rp.build_items(ds, range(start, len(ds)), kg, CMRMConfig(), SHARE, 4, 2, 0, stats)
+    assert items and {it.group for it in items} == {"seen", "held_out"}
+    for it in items:
+        name = kg.entity_name(it.head)
+        assert it.group == ("held_out" if heldout_entity(name, SHARE) else "seen")
+        hop1 = {(name + kg.entity_name(int(t)))[:16] for t in kg.neighbors(it.head)[1]}
+        for texts in it.texts.values():
+            assert texts[0] in hop1  # the true text renders a 1-hop neighbour
+            assert all(t.startswith(name[:16]) for t in texts)
+            assert len(set(texts)) == len(texts)
+        assert not set(it.texts["hop 2-3"][1:]) & hop1  # hop-2..3 negatives are not 1-hop neighbours
+    assert rp.build_items(ds, range(start, len(ds)), kg, CMRMConfig(), SHARE, 4, 2, 0, {}) == items  # seeded
+
+
+def test_scores_are_cmrm_cosines_of_our_own_encoder(probed_run, prepared):
+    """Plain transformers gives the cosines that the training code (ckbert's encoder, mention_anchors,
+    masked_mean_pool) gives for the same rows and sample texts."""
+    from transformers import AutoModelForMaskedLM
+
+    manifest, ds, kg, tok = prepared
+    start = heldout_start(len(ds), 48)
+    items = rp.build_items(ds, range(start, len(ds)), kg, CMRMConfig(), SHARE, 4, 2, 0, {})[:12]
+    hf = AutoModelForMaskedLM.from_pretrained(str(probed_run / "hf"))
+    scores = rp.score_items(hf, tok, ds, items, 16, batch_size=5)
+    ckpt = latest_checkpoint(probed_run / "out")
+    ours = CKBertForPreTraining(model_config_from_dict(load_trainer_state(ckpt)["model_config"]))
+    ours.load_state_dict(load_model_state(ckpt))
+    ours.eval()
+    with torch.no_grad():
+        for n, it in enumerate(items):
+            ids = torch.tensor([[tok.cls_token_id, *ds[it.row]["input_ids"], tok.sep_token_id]])
+            hidden = ours.encode(ids, torch.ones_like(ids))
+            anchor = mention_anchors(hidden, torch.tensor([0]), torch.tensor([it.start + 1]), torch.tensor([it.end + 1]))
+            for key in rp.NEGATIVE_SETS:
+                enc = tok(it.texts[key], padding=True, return_tensors="pt", return_token_type_ids=False)
+                pooled = masked_mean_pool(ours.encode(enc["input_ids"], enc["attention_mask"]), enc["attention_mask"])
+                cos = torch.nn.functional.cosine_similarity(anchor, pooled).numpy()
+                np.testing.assert_allclose(scores[key][n], cos, atol=1e-4)
