@@ -1,32 +1,35 @@
-"""Ablation of the pretraining objectives: which masking / objective helps a tiny model, if any?
+"""Ablation of the pretraining objectives, continued from the starter at equal wall time (issue 12).
 
-    python bench/ablation.py --prepared DIR --out DIR [--steps 50] [--seeds 0 1 2] [--jobs 2]
-    python bench/ablation.py --prepared DIR --out DIR --smoke      # CI: a few steps, tiny caps
+    python bench/ablation.py --prepared runs/demo/prepared --out runs/ablation [--minutes 5] [--seeds 0 1 2]
+    python bench/ablation.py --prepared DIR --out DIR --smoke      # CI: from scratch, a few steps, tiny caps
 
-Arms (method.md), equal in everything but the objective: the same tiny model config, prepared
-dataset, masking budget (masking.rate, 15% of the tokens), steps, batch, learning rate and seeds
-(seed s gives every arm the same initial weights and the same batch order):
+Every arm continues `--init-from` (default models/starter, the checkpoint the demo continues) with
+the demo's recipe (`--recipe`, configs/pretrain/demo.yaml) for the same wall time, on a budget-aware
+schedule (so what CMRM costs per step is charged to it), one torch thread per run:
 
     a  random-token MLM     masking.strategy=random_token, CMRM off
     b  whole-word MLM       masking.strategy=whole_word,   CMRM off
-    c  LMLM                 masking.strategy=lmlm,         CMRM off (the collator's own mode)
-    d  LMLM + CMRM          masking.strategy=lmlm,         CMRM on
-    r  no pretraining       the initial weights of seed s (reference: what pretraining adds)
+    c  LMLM                 masking.strategy=lmlm,         CMRM off
+    d  LMLM + CMRM          masking.strategy=lmlm,         CMRM on (cmrm.heldout_heads of the heads held out)
+    s  the starter itself   no continued pretraining (from scratch: the initial weights of seed s)
 
-Each (arm, seed) pretrains with `ckbert.train.run`, exports an HF folder with `ckbert export`'s
-function, then measures on that folder:
-- held-out MLM loss on the rows training never sees (the last `eval_rows` of the dataset) under two
-  masks that are the same for every arm (random tokens, and random whole words; fixed seed), so
-  the losses compare across arms (each arm's own in-training eval loss uses its own masks: it is
-  reported, but it does not compare);
-- the offline fine-tuning tasks (`ckbert.finetune`: review sentiment accuracy, People's Daily NER
-  F1) with capped sizes, one fine-tuning seed = the pretraining seed, dev score after the last step;
-- the knowledge probe (`ckbert.finetune.probe`: accuracy@1 / MRR on CMeKG triples, `seen` heads the
-  corpus links vs `held_out`), on one item set built once for all arms.
+and variants of d with one CMRM setting changed: d_t0.5 / d_t0.05 (temperature; the recipe's is
+0.1), d_tail (samples pooled over the tail's tokens), d_unmasked (mentions never MLM targets, so
+the anchor sees them). `--finetune 0` skips fine-tuning (a quick screen).
 
-Writes OUT/runs/<arm>-seed<s>/ (training run, hf/, result.json, log.txt), OUT/results.json,
-OUT/results.md and OUT/loss_curves.png. A finished (arm, seed) is reused when OUT is run again
-with the same settings. Seeds run in parallel processes (`--jobs`, one torch thread each).
+Seed s gives every arm the same batch order and masks draw. Each (arm, seed) is exported with
+`ckbert export`'s function and measured through plain transformers on rows no run trained on:
+- held-out MLM loss and top-1 on random-token masks (the same masks for every arm), and on LMLM
+  masks (`ckbert.mlm_eval.evaluate_hf`, i.e. `ckbert eval`);
+- the relation probe (`ckbert probe --kind relation`): held-out and seen heads, the true
+  neighbour against hop-2..3 and against random entities, acc@1 and MRR beside chance;
+- the cloze probe (`ckbert probe --kind cloze`, frequency-matched distractors): seen / held-out;
+- People's Daily NER F1 and review sentiment accuracy (test) after fine-tuning with the task
+  recipes of configs/finetune (fine-tuning seed = the pretraining seed).
+The probe item sets are built once for all arms. Writes OUT/runs/<arm>-seed<s>/ (training run, hf/,
+result.json, log.txt), OUT/results.json, OUT/results.md, OUT/loss_curves.png and
+OUT/ablation_metrics.png. A finished (arm, seed) is reused when OUT is run again with the same
+settings. `--jobs` runs at a time.
 """
 
 from __future__ import annotations
@@ -46,97 +49,98 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import finish, machine  # noqa: E402
+from _util import REPO, finish, machine  # noqa: E402
 
 ARMS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "a": ("random-token MLM", {"strategy": "random_token", "cmrm": False}),
     "b": ("whole-word MLM", {"strategy": "whole_word", "cmrm": False}),
     "c": ("LMLM", {"strategy": "lmlm", "cmrm": False}),
     "d": ("LMLM + CMRM", {"strategy": "lmlm", "cmrm": True}),
-    "r": ("no pretraining (initial weights)", None),
+    "s": ("starter (no continued pretraining)", None),
+    # CMRM variants (issue 12: make its signal learnable), each arm d with one change
+    "d_t0.5": ("LMLM + CMRM, temperature 0.5", {"strategy": "lmlm", "cmrm": True, "set": ["cmrm.temperature=0.5"]}),
+    "d_t0.05": ("LMLM + CMRM, temperature 0.05", {"strategy": "lmlm", "cmrm": True,
+                                                 "set": ["cmrm.temperature=0.05"]}),
+    "d_tail": ("LMLM + CMRM, samples pooled over the tail", {"strategy": "lmlm", "cmrm": True,
+                                                            "set": ["cmrm.pool=tail"]}),
+    "d_unmasked": ("LMLM + CMRM, mentions never masked", {"strategy": "lmlm", "cmrm": True,
+                                                         "set": ["cmrm.anchor=unmasked"]}),
 }
+REL_GROUPS = {"held_out_hop": "held_out, vs hop 2-3", "held_out_random": "held_out, vs random",
+              "seen_hop": "seen, vs hop 2-3", "seen_random": "seen, vs random"}
 
-# (key in a run's result, column title, higher is better)
+# (key in a run's result, column title, higher is better); the differences table compares all but the last
 METRICS: list[tuple[str, str, bool]] = [
-    ("heldout_mlm_random_token", "held-out MLM loss, random-token masks", False),
-    ("heldout_mlm_whole_word", "held-out MLM loss, whole-word masks", False),
+    ("heldout_mlm", "held-out MLM loss, random-token masks", False),
+    ("heldout_top1", "held-out top-1, random-token masks (%)", True),
     ("heldout_mlm_lmlm", "held-out MLM loss, LMLM masks", False),
-    ("sentiment_acc", "sentiment dev acc (%)", True),
-    ("ner_f1", "PD NER dev F1 (%)", True),
-    ("probe_seen_acc", "probe seen acc@1 (%)", True),
-    ("probe_held_out_acc", "probe held-out acc@1 (%)", True),
-    ("probe_seen_mrr", "probe seen MRR", True),
-    ("probe_held_out_mrr", "probe held-out MRR", True),
-    ("own_eval_mlm", "own-mask eval MLM loss (not comparable)", False),
+    ("rel_held_out_hop_acc", "relation probe, held-out heads vs hop 2-3: acc@1 (%)", True),
+    ("rel_held_out_hop_mrr", "relation probe, held-out heads vs hop 2-3: MRR", True),
+    ("rel_held_out_random_acc", "relation probe, held-out heads vs random: acc@1 (%)", True),
+    ("rel_seen_hop_acc", "relation probe, seen heads vs hop 2-3: acc@1 (%)", True),
+    ("rel_seen_random_acc", "relation probe, seen heads vs random: acc@1 (%)", True),
+    ("cloze_seen_acc", "cloze probe, seen heads: acc@1 (%)", True),
+    ("cloze_held_out_acc", "cloze probe, held-out heads: acc@1 (%)", True),
+    ("ner_f1", "PD NER test F1 (%)", True),
+    ("sentiment_acc", "sentiment test acc (%)", True),
     ("pretrain_s", "pretrain wall s", False),
 ]
+COMPARED = METRICS[:-1]
 
 
 @dataclass
 class Settings:
     prepared: str
-    model: str = "tiny"
-    # Sized for a shared 2-core CPU (docs/results.md): ~16k training tokens per arm, far below what
-    # separates objectives in the paper; raise --steps/--batch-size on a quieter or bigger machine.
-    steps: int = 50
-    batch_size: int = 8
-    max_length: int = 64  # tokens per sequence incl. [CLS]/[SEP]; rows are cut at a word boundary
-    lr: float = 1e-3  # from scratch, tiny model (configs/pretrain/demo.yaml)
-    warmup_ratio: float = 0.1
-    eval_rows: int = 96  # held out by training; the held-out MLM loss uses these rows
-    ft_train: int = 300  # fine-tuning examples (train), per task
-    ft_eval: int = 200  # dev examples, per task
-    ft_max_length: int = 48
-    ft_epochs: float = 1.0
-    ft_batch_size: int = 16
-    ft_lr: float = 2e-4
-    probe_triples: int = 60  # per group (seen / held_out)
-    probe_k: int = 9  # distractor tails per triple
+    init_from: str = "models/starter"  # "" = from scratch (the CI smoke test)
+    recipe: str = "configs/pretrain/demo.yaml"
+    model: str = "tiny"  # from scratch only
+    minutes: float = 5.0  # wall time of continued pretraining per arm (the budget of its lr schedule)
+    max_steps: int = 0  # 0 = the time box alone; > 0 also caps steps (smoke)
+    eval_rows: int = 256  # the held-out rows: must be the starter's, so that neither saw them
+    heldout_heads: float = 0.2  # arm d: share of KG heads CMRM never trains on
+    ft_train: int = 0  # fine-tuning caps; 0 = the task recipe's (configs/finetune)
+    ft_eval: int = 0
+    ft_epochs: float = 0.0
+    probe_triples: int = 300  # cloze items per group (seen / held_out)
+    rel_per_mention: int = 2  # relation probe: true neighbours per held-out mention
+    finetune: int = 1  # 0 = skip NER and sentiment (a quick screen of CMRM variants)
     threads: int = 1  # torch threads per process
-    # Pretraining and fine-tuning precision. fp32: on this CPU a bf16 matmul runs about 20x slower
-    # than fp32, and the ablation compares objectives, not precisions (a GPU run may pass bf16).
     precision: str = "fp32"
-    device: str = "auto"  # pretraining: CUDA when present (fine-tuning picks its device itself)
+    device: str = "auto"
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
-SMOKE = dict(steps=2, batch_size=4, max_length=32, eval_rows=16, ft_train=16, ft_eval=16, ft_max_length=32,
-             ft_batch_size=8, probe_triples=4, probe_k=3)
+SMOKE = dict(init_from="", max_steps=2, minutes=5.0, eval_rows=16, ft_train=16, ft_eval=16, ft_epochs=1.0,
+             probe_triples=4, rel_per_mention=1)
 
 
 # ---- one (arm, seed) ------------------------------------------------------------------------
 def pretrain(arm: str, seed: int, s: Settings, run_dir: Path) -> dict[str, Any]:
-    """Train arm `arm` with `ckbert.train.run` and export it; -> the run's summary."""
-    from ckbert.config import load_dataclass
+    """Continue (or start) arm `arm` with `ckbert.train.run` and export it; -> the run's summary."""
     from ckbert.export import export_checkpoint
     from ckbert.train import run
-    from ckbert.train_config import PretrainConfig
+    from ckbert.train_config import load_pretrain_config
 
     spec = ARMS[arm][1]
-    cfg = load_dataclass(PretrainConfig, {
-        "data": {"prepared": s.prepared, "max_length": s.max_length, "eval_rows": s.eval_rows},
-        "model": s.model, "out": str(run_dir), "seed": seed,
-        "masking": {"strategy": spec["strategy"]},
-        "cmrm": {"enabled": spec["cmrm"]},
-        "optim": {"lr": s.lr, "warmup_ratio": s.warmup_ratio},
-        "train": {"batch_size": s.batch_size, "max_steps": s.steps, "device": s.device, "precision": s.precision,
-                  "log_every": max(1, s.steps // 20),
-                  "eval_every": 0, "save_every": 0, "keep_checkpoints": 1},
-    }, source="bench/ablation.py")
+    overrides = [f"data.prepared={s.prepared}", f"data.eval_rows={s.eval_rows}", f"out={run_dir}", f"seed={seed}",
+                 f"masking.strategy={spec['strategy']}", f"cmrm.enabled={str(spec['cmrm']).lower()}",
+                 f"cmrm.heldout_heads={s.heldout_heads}", f"train.max_minutes={s.minutes}",
+                 f"train.max_steps={s.max_steps or 10**9}", f"train.device={s.device}",
+                 f"train.precision={s.precision}", "train.eval_every=0", "train.save_every=0",
+                 "train.keep_checkpoints=1", *spec.get("set", [])]
+    overrides += [f"init_from={REPO / s.init_from}"] if s.init_from else ["init_from=null", f"model={s.model}"]
+    cfg = load_pretrain_config(REPO / s.recipe, overrides)
     t0 = time.perf_counter()
     summary = run(cfg)
     seconds = time.perf_counter() - t0
     export_checkpoint(run_dir, run_dir / "hf", metrics={"ablation arm": ARMS[arm][0]})
-    return {"pretrain_s": seconds, "own_eval_mlm": summary["eval"].get("eval_mlm"),
-            "own_eval_cmrm": summary["eval"].get("eval_cmrm") if spec["cmrm"] else None,
-            "steps": summary["step"]}
+    return {"pretrain_s": seconds, "steps": summary["step"]}
 
 
 def initial_weights(seed: int, s: Settings, run_dir: Path) -> dict[str, Any]:
-    """The reference arm: the model every arm starts from with this seed (train.run seeds torch the
-    same way before building the model), exported without any training."""
+    """From scratch (smoke), the reference arm: the weights every arm starts from with this seed."""
     import torch
 
     from ckbert.checkpoint import model_state_for_saving
@@ -151,44 +155,20 @@ def initial_weights(seed: int, s: Settings, run_dir: Path) -> dict[str, Any]:
     model = CKBertForPreTraining(mcfg)
     export_hf_folder(model_state_for_saving(model), mcfg, Path(s.prepared) / "tokenizer", run_dir / "hf",
                      CardInfo(data=s.prepared, objectives="none (initial weights)", steps=0))
-    return {"pretrain_s": 0.0, "own_eval_mlm": None, "own_eval_cmrm": None, "steps": 0}
+    return {"pretrain_s": 0.0, "steps": 0}
 
 
-HELDOUT_MASKS = ("random_token", "whole_word", "lmlm")
-
-
-def heldout_mlm(hf_dir: Path, s: Settings) -> dict[str, float]:
-    """MLM loss of the exported model on the held-out rows under masks shared by every arm: one
-    mask set per strategy, so that no arm is only judged on the targets it was trained on."""
-    import torch
+def heldout_scores(hf_dir: Path, s: Settings) -> dict[str, float]:
+    """`ckbert eval`'s numbers: random-token and LMLM masks on the held-out rows, fixed seed."""
     from transformers import AutoModelForMaskedLM
 
-    from ckbert.collator import PretrainCollator
     from ckbert.data_prep.dataset import open_prepared
     from ckbert.finetune.checkpoint import load_model
-    from ckbert.train_config import CMRMConfig, MaskingConfig
+    from ckbert.mlm_eval import evaluate_hf
 
-    manifest, dataset, _, tok = open_prepared(s.prepared)
-    n_eval = min(s.eval_rows, len(dataset) // 10)  # the rows train.run holds out (its own rule)
-    rows = range(len(dataset) - n_eval, len(dataset))
-    cols = dataset[list(rows)]
-    items = [(0, r, {k: cols[k][i] for k in cols}) for i, r in enumerate(rows)]
-    model = load_model(AutoModelForMaskedLM, hf_dir).eval()
-    out = {}
-    for strategy in HELDOUT_MASKS:
-        coll = PretrainCollator(tok, manifest, None, MaskingConfig(strategy=strategy), CMRMConfig(enabled=False),
-                                s.max_length, seed=20261128)
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for i in range(0, len(items), 32):
-                b = coll(items[i : i + 32])
-                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits  # [B, L, V]
-                rows_logits = logits.reshape(-1, logits.shape[-1])[b["mlm_positions"]]  # [M, V]
-                loss = torch.nn.functional.cross_entropy(rows_logits, b["mlm_labels"], reduction="sum")
-                total += float(loss)
-                count += int(b["mlm_labels"].numel())
-        out[f"heldout_mlm_{strategy}"] = total / max(count, 1)
-    return out
+    r = evaluate_hf(load_model(AutoModelForMaskedLM, hf_dir), open_prepared(s.prepared), s.eval_rows)
+    return {"heldout_mlm": r["eval_rand_mlm"], "heldout_top1": 100 * r["eval_rand_top1"],
+            "heldout_unigram_mlm": r["eval_rand_unigram_mlm"], "heldout_mlm_lmlm": r["eval_mlm"]}
 
 
 def finetune_scores(hf_dir: Path, seed: int, s: Settings, run_dir: Path) -> dict[str, float]:
@@ -196,34 +176,51 @@ def finetune_scores(hf_dir: Path, seed: int, s: Settings, run_dir: Path) -> dict
     from ckbert.finetune.train import finetune
 
     out = {}
+    caps = [f"max_train_examples={s.ft_train}"] if s.ft_train else []
+    caps += [f"max_eval_examples={s.ft_eval}"] if s.ft_eval else []
+    caps += [f"epochs={s.ft_epochs}"] if s.ft_epochs else []
     for task, key in (("sentiment", "sentiment_acc"), ("pd_ner", "ner_f1")):
-        cfg = load_config(task, None, [
-            f"max_length={s.ft_max_length}", f"epochs={s.ft_epochs}", f"batch_size={s.ft_batch_size}",
-            f"learning_rate={s.ft_lr}", f"max_train_examples={s.ft_train}", f"max_eval_examples={s.ft_eval}",
-            f"seeds=[{seed}]", "predict_test=false", "eval_steps=0", f"precision={s.precision}"])
+        cfg = load_config(task, None, [*caps, f"seeds=[{seed}]", "predict_test=true", "eval_steps=0",
+                                       f"precision={s.precision}"])
         res = finetune(task, hf_dir, None, run_dir / f"ft-{task}", cfg)
-        value = float(res["dev"][res["metric"]])
+        split = "test" if "test" in res else "dev"
+        value = float(res[split][res["metric"]])
         out[key] = value * 100.0 if value <= 1.0 else value  # percent, whatever scale the task reports
-        out[f"{key}_metric"] = res["metric"]
+        out[f"{key}_split"] = split
     return out
 
 
-def probe_scores(hf_dir: Path, items_file: Path) -> dict[str, float]:
+def probe_scores(hf_dir: Path, out: Path, s: Settings) -> dict[str, float]:
+    """Both probes on the item sets built once by `build_probe_items`."""
     from transformers import AutoModelForMaskedLM
 
+    from ckbert.data_prep.dataset import open_prepared
+    from ckbert.finetune import relation_probe as rp
     from ckbert.finetune.checkpoint import load_model, load_tokenizer
     from ckbert.finetune.probe import DEFAULT_TEMPLATE, ProbeItem, score_candidates, summarise
+    from ckbert.train_config import CMRMConfig
 
-    items = [ProbeItem(**d) for d in json.loads(items_file.read_text(encoding="utf-8"))]
     model = load_model(AutoModelForMaskedLM, hf_dir)
-    report = summarise(items, score_candidates(model, load_tokenizer(hf_dir), items, DEFAULT_TEMPLATE, "mean", 64))
-    out = {}
+    res: dict[str, float] = {}
+    cloze = [ProbeItem(**d) for d in json.loads((out / "cloze_items.json").read_text(encoding="utf-8"))]
+    report = summarise([it.group for it in cloze],
+                       score_candidates(model, load_tokenizer(hf_dir), cloze, DEFAULT_TEMPLATE, "mean", 64))
     for group, r in report.items():
-        out[f"probe_{group}_acc"] = r["accuracy@1"]
-        out[f"probe_{group}_mrr"] = r["mrr"]
-        out[f"probe_{group}_chance_acc"] = r["chance_accuracy@1"]
-        out[f"probe_{group}_triples"] = r["triples"]
-    return out
+        res[f"cloze_{group}_acc"] = r["accuracy@1"]
+        res[f"cloze_{group}_chance_acc"] = r["chance_accuracy@1"]
+    _, dataset, _, tok = open_prepared(s.prepared)
+    rel = [rp.RelationItem(**d) for d in json.loads((out / "relation_items.json").read_text(encoding="utf-8"))]
+    scores = rp.score_items(model, tok, dataset, rel, CMRMConfig(**rp.recorded_cmrm(model.config)))
+    groups = [f"{it.group}, vs {key}" for key in rp.NEGATIVE_SETS for it in rel]
+    report = summarise(groups, [row for key in rp.NEGATIVE_SETS for row in scores[key]])
+    for short, group in REL_GROUPS.items():
+        r = report.get(group)
+        if r is None:  # no item of that group (tiny smoke data)
+            continue
+        res.update({f"rel_{short}_acc": r["accuracy@1"], f"rel_{short}_mrr": r["mrr"],
+                    f"rel_{short}_chance_acc": r["chance_accuracy@1"], f"rel_{short}_chance_mrr": r["chance_mrr"],
+                    f"rel_{short}_items": r["triples"]})
+    return res
 
 
 def run_one(task: tuple[str, int, dict[str, Any], str]) -> dict[str, Any]:
@@ -246,10 +243,6 @@ def _run_one(arm: str, seed: int, s: Settings, out: Path) -> dict[str, Any]:
     if done.is_file():
         prev = json.loads(done.read_text(encoding="utf-8"))
         if prev.get("settings_key") == s.key():
-            missing = [m for m in HELDOUT_MASKS if f"heldout_mlm_{m}" not in prev]
-            if missing and (run_dir / "hf").is_dir():  # finished by an older harness: add the new masks only
-                prev.update(heldout_mlm(run_dir / "hf", s))
-                done.write_text(json.dumps(prev, indent=1) + "\n", encoding="utf-8")
             return prev
     if run_dir.exists():  # an unfinished or differently configured run of this harness: start it again
         shutil.rmtree(run_dir)
@@ -258,12 +251,19 @@ def _run_one(arm: str, seed: int, s: Settings, out: Path) -> dict[str, Any]:
     with open(run_dir / "log.txt", "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
             contextlib.redirect_stderr(log):
         result: dict[str, Any] = {"arm": arm, "name": ARMS[arm][0], "seed": seed, "phase_s": {}}
-        hf_dir = run_dir / "hf"
-        phases = [("pretrain+export", lambda: initial_weights(seed, s, run_dir) if arm == "r"
-                   else pretrain(arm, seed, s, run_dir)),
-                  ("heldout_mlm", lambda: heldout_mlm(hf_dir, s)),
-                  ("finetune", lambda: finetune_scores(hf_dir, seed, s, run_dir)),
-                  ("probe", lambda: probe_scores(hf_dir, Path(out) / "probe_items.json"))]
+        if arm != "s":
+            hf_dir = run_dir / "hf"
+            first = ("pretrain+export", lambda: pretrain(arm, seed, s, run_dir))
+        elif s.init_from:
+            hf_dir = REPO / s.init_from
+            first = ("starter", lambda: {"pretrain_s": 0.0, "steps": 0})
+        else:
+            hf_dir = run_dir / "hf"
+            first = ("initial weights", lambda: initial_weights(seed, s, run_dir))
+        phases = [first, ("heldout", lambda: heldout_scores(hf_dir, s)),
+                  ("probes", lambda: probe_scores(hf_dir, Path(out), s))]
+        if s.finetune:
+            phases.append(("finetune", lambda: finetune_scores(hf_dir, seed, s, run_dir)))
         for name, phase in phases:
             t = time.perf_counter()
             result.update(phase())
@@ -275,18 +275,26 @@ def _run_one(arm: str, seed: int, s: Settings, out: Path) -> dict[str, Any]:
 
 
 # ---- the whole ablation ---------------------------------------------------------------------
-def build_probe_items(s: Settings, out: Path, seed: int = 0) -> dict[str, int]:
-    """One probe item set for every arm: triples of the prepared KG, heads split by the corpus."""
+def build_probe_items(s: Settings, out: Path, seed: int = 0) -> dict[str, Any]:
+    """The probe item sets every arm is scored on: cloze triples of the prepared KG (heads split by
+    the corpus) and relation items on the held-out rows (heads split by `heldout_heads`)."""
     from ckbert.data_prep.dataset import open_prepared
-    from ckbert.finetune.probe import build_items, seen_heads_from_prepared
+    from ckbert.finetune import probe, relation_probe
+    from ckbert.heldout import heldout_start
+    from ckbert.train_config import CMRMConfig
 
-    _, _, kg, tok = open_prepared(s.prepared)
-    seen = seen_heads_from_prepared(kg, Path(s.prepared))
-    stats: dict[str, int] = {}
-    items = build_items(kg, tok, seen, s.probe_k, s.probe_triples, 8, seed, stats)
-    (out / "probe_items.json").write_text(json.dumps([asdict(i) for i in items], ensure_ascii=False),
-                                          encoding="utf-8")
-    return stats
+    _, dataset, kg, tok = open_prepared(s.prepared)
+    seen = probe.seen_heads_from_prepared(kg, Path(s.prepared))
+    cloze_stats: dict[str, int] = {}
+    cloze = probe.build_items(kg, tok, seen, 9, s.probe_triples, 8, seed, cloze_stats)
+    rel_stats: dict[str, int] = {}
+    start = heldout_start(len(dataset), s.eval_rows)
+    rel = relation_probe.build_items(dataset, range(start, len(dataset)), kg, CMRMConfig(), s.heldout_heads, 4,
+                                     s.rel_per_mention, seed, rel_stats)
+    for name, items in (("cloze_items.json", cloze), ("relation_items.json", rel)):
+        (out / name).write_text(json.dumps([asdict(i) for i in items], ensure_ascii=False), encoding="utf-8")
+    return {"cloze": cloze_stats, "relation": rel_stats,
+            "relation_items": {g: sum(it.group == g for it in rel) for g in ("seen", "held_out")}}
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -329,14 +337,15 @@ def markdown(agg: dict, arms: list[str], seeds: list[int]) -> str:
     for key, title, _ in METRICS:
         cells = [fmt(agg[a][key]) if key in agg[a] else "—" for a in arms]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
-    pairs = [(x, y) for x, y in (("a", "b"), ("b", "c"), ("a", "c"), ("c", "d"), ("r", "c"), ("r", "d"))
+    pairs = [(x, y) for x, y in (("a", "b"), ("b", "c"), ("a", "c"), ("c", "d"), ("s", "c"), ("s", "d"))
              if x in arms and y in arms]
+    pairs += [("d", v) for v in arms if v.startswith("d_") and "d" in arms]
     if pairs and len(seeds) > 1:
         lines += ["", "Differences of means (second minus first) against 2 standard errors from the seed "
                       "spread; `noise` = |difference| < 2 SE (a rough screen, not a significance test).", "",
                   "| metric | " + " | ".join(f"{y} − {x}" for x, y in pairs) + " |",
                   "| --- | " + " | ".join("---" for _ in pairs) + " |"]
-        for key, title, higher in METRICS[:9]:
+        for key, title, higher in COMPARED:
             cells = []
             for x, y in pairs:
                 c = compare(agg, x, y, key)
@@ -360,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=2, help="parallel processes (one (arm, seed) each)")
-    p.add_argument("--smoke", action="store_true", help="CI size: 2 steps, tiny fine-tuning and probe caps")
+    p.add_argument("--smoke", action="store_true", help="CI size: from scratch, 2 steps, tiny fine-tuning and "
+                   "probe caps")
     for field, default in asdict(Settings(prepared="")).items():
         if field != "prepared":
             p.add_argument("--" + field.replace("_", "-"), type=type(default), default=None,
@@ -370,17 +380,20 @@ def main(argv: list[str] | None = None) -> int:
     base.update({f: getattr(args, f) for f in asdict(Settings(prepared="")) if f != "prepared"
                  and getattr(args, f) is not None})
     s = Settings(prepared=str(args.prepared.resolve()), **base)
+    if s.init_from and not (REPO / s.init_from).is_dir():
+        raise SystemExit(f"--init-from {s.init_from}: no such model folder")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"machine": machine(), "bench": "ablation", "settings": asdict(s),
                               "arms": {a: ARMS[a][0] for a in args.arms}, "seeds": args.seeds}
     t0 = time.perf_counter()
     record["probe_item_stats"] = build_probe_items(s, out)
-    # the untrained reference (r) skips pretraining: its runs go last, so that the parallel jobs end together
+    # the starter arm (s) skips pretraining: its runs go last, so that the parallel jobs end together
     tasks = sorted([(arm, seed, asdict(s), str(out)) for seed in args.seeds for arm in args.arms],
-                   key=lambda t: (t[0] == "r", args.seeds.index(t[1])))
+                   key=lambda t: (t[0] == "s", args.seeds.index(t[1])))
     print(f"ablation: {len(tasks)} runs ({len(args.arms)} arms x {len(args.seeds)} seeds), {args.jobs} process(es), "
-          f"{s.steps} steps of batch {s.batch_size} x {s.max_length} tokens", flush=True)
+          f"{s.minutes} min of pretraining each" + (f" (at most {s.max_steps} steps)" if s.max_steps else "")
+          + f", from {s.init_from or 'scratch'}", flush=True)
     results = []
     if args.jobs == 1:
         for t in tasks:
@@ -399,8 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     from plots import plot_ablation_metrics, plot_loss_curves
 
     plot_loss_curves({a: [out / "runs" / f"{a}-seed{sd}" / "metrics.jsonl" for sd in args.seeds]
-                      for a in args.arms if a != "r"}, {a: ARMS[a][0] for a in args.arms}, out / "loss_curves.png")
-    plot_ablation_metrics(agg, {a: ARMS[a][0] for a in args.arms}, [(k, t) for k, t, _ in METRICS[:9]],
+                      for a in args.arms if a != "s"}, {a: ARMS[a][0] for a in args.arms}, out / "loss_curves.png")
+    plot_ablation_metrics(agg, {a: ARMS[a][0] for a in args.arms}, [(k, t) for k, t, _ in COMPARED],
                           out / "ablation_metrics.png")
     print(md)
     print(f"wall {record['wall_s']:.0f} s; wrote {out / 'results.md'}, {out / 'loss_curves.png'}, "

@@ -26,7 +26,7 @@ from _util import REPO, finish, machine  # noqa: E402
 BENCH = REPO / "bench"
 
 
-def sections(out: Path, prepared: Path, smoke: bool) -> dict[str, list[str] | None]:
+def sections(out: Path, prepared: Path, smoke: bool, starter_prepared: Path | None = None) -> dict[str, list[str] | None]:
     """Section name -> argv after `python` (None: nothing to run on this machine)."""
     import torch
 
@@ -52,8 +52,11 @@ def sections(out: Path, prepared: Path, smoke: bool) -> dict[str, list[str] | No
         "gpu": (py + [str(BENCH / "gpu_kernels.py"), "--json", str(out / "gpu_kernels.json")]
                 + (["--smoke"] if smoke else []))
         if torch.cuda.is_available() else None,
-        "ablation": py + [str(BENCH / "ablation.py"), "--prepared", str(prepared), "--out", str(out / "ablation")]
-        + (["--smoke", "--jobs", "1", "--arms", "c", "d", "--seeds", "0"] if smoke else []),
+        # continued from the starter: on the demo data prepared with the starter's tokenizer (as
+        # run_pretrain.sh does); the smoke test trains from scratch on the small dataset instead
+        "ablation": py + [str(BENCH / "ablation.py"), "--out", str(out / "ablation")]
+        + (["--prepared", str(prepared), "--smoke", "--jobs", "1", "--arms", "c", "d", "--seeds", "0"] if smoke
+           else ["--prepared", str(starter_prepared or prepared)]),
     }
     return s
 
@@ -77,6 +80,19 @@ def ensure_demo(out: Path) -> Path:
     if not (demo / "demo_data.json").is_file():
         subprocess.run([sys.executable, "-m", "ckbert.cli", "demo-data", "--out", str(demo)], check=True)
     return demo
+
+
+def ensure_starter_data(out: Path) -> Path:
+    """OUT/prepared-starter: the demo corpus and KG with the starter's tokenizer (run_pretrain.sh's
+    recipe), for the ablation that continues models/starter."""
+    demo = ensure_demo(out)
+    prepared = out / "prepared-starter"
+    if not (prepared / "manifest.json").is_file():
+        subprocess.run([sys.executable, "-m", "ckbert.cli", "prepare", "--corpus", str(demo / "people_daily.txt"),
+                        "--format", "pretagged", "--annotator", "pretagged", "--kg", str(demo / "kg.tsv"),
+                        "--kg-inverse-edges", "--tokenizer", str(REPO / "models" / "starter"), "--seq-len", "126",
+                        "--out", str(prepared), "--quiet"], check=True)
+    return prepared
 
 
 def ensure_demo_data(out: Path, seq_len: int) -> Path:
@@ -118,13 +134,17 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             p.error(f"unknown section(s) {unknown}; choose from {names}")
         names = [n for n in names if n in args.only]
-    if args.prepared is None and any(n in ("collator", "neg_sampling", "train_step", "ablation") for n in names):
+    if args.prepared is None and any(n in ("collator", "neg_sampling", "train_step") or (n == "ablation" and args.smoke)
+                                     for n in names):
         prepared = ensure_demo_data(out, args.seq_len)
     else:
         prepared = args.prepared or Path(".")
         if "prepare" in names:
             ensure_demo(out)
-    plan = sections(out, prepared.resolve(), args.smoke)
+    starter_prepared = None
+    if "ablation" in names and not args.smoke:
+        starter_prepared = args.prepared or ensure_starter_data(out)
+    plan = sections(out, prepared.resolve(), args.smoke, starter_prepared and starter_prepared.resolve())
     failed = []
     for name in names:
         cmd = plan[name]

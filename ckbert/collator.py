@@ -82,6 +82,25 @@ def sample_text(kg: KGStore, mention: str, rel: int | None, tail: int, cmrm: CMR
     return text[: cmrm.sample_chars]
 
 
+def tokenize_samples(tokenizer: Any, texts: list[str], prefix_chars: list[int], cmrm: CMRMConfig
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sample texts -> input_ids, attention_mask and pool mask [S, Ls] (int64). The pool mask is the
+    attention mask (`cmrm.pool` "text") or the tokens whose characters start at or after the
+    text's first `prefix_chars` (the mention's name; "tail"); a text with no tail token pools
+    whole. Used by the collator and by the relation probe, so both pool alike."""
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=cmrm.sample_chars + 2, return_tensors="np",
+                    return_token_type_ids=False, return_offsets_mapping=cmrm.pool == "tail")
+    ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+    if cmrm.pool == "text":
+        return ids, mask, mask
+    offsets = enc["offset_mapping"]  # [S, Ls, 2]; special tokens and padding are (0, 0)
+    real = offsets[..., 1] > offsets[..., 0]
+    pool = (real & (offsets[..., 0] >= np.asarray(prefix_chars)[:, None])).astype(np.int64)
+    empty = pool.sum(1) == 0
+    pool[empty] = mask[empty]
+    return ids, mask, pool
+
+
 def _mark_codes(labels: list[str], table: dict[str, int]) -> np.ndarray:
     return np.array([table.get(name, 0) for name in labels], dtype=np.int8)
 
@@ -188,6 +207,9 @@ class PretrainCollator:
 
         ent_start = np.asarray(row["ent_start"], dtype=np.int64)
         ent_end = np.asarray(row["ent_end"], dtype=np.int64)
+        if self.cmrm.enabled and self.cmrm.anchor == "unmasked":  # mention words are never targets
+            for s, e in zip(ent_start, ent_end, strict=True):
+                masked[word_ids[s:e]] = True  # taken, with source 0: not a target
         used = 0
         lmlm = self.masking.strategy == "lmlm"  # else an ablation baseline: no linguistic choice, no markers
         if lmlm and self.mode == "arcs":
@@ -227,7 +249,8 @@ class PretrainCollator:
         tok_src = source[word_ids]  # [T] source of each original token (0 = not a target)
         if self.masking.strategy == "random_token":  # BERT's targets: single tokens, words ignored
             tok_src = np.zeros(n_tok, dtype=np.int8)
-            tok_src[rng.choice(n_tok, size=budget, replace=False)] = SRC_RANDOM
+            free = np.flatnonzero(~masked[word_ids])  # all tokens, unless mentions are kept unmasked
+            tok_src[rng.choice(free, size=min(budget, free.size), replace=False)] = SRC_RANDOM
         if ins_pos:
             order = sorted(range(len(ins_pos)), key=lambda i: ins_key[i])
             pos_sorted = np.array([ins_pos[i] for i in order], dtype=np.int64)
@@ -292,8 +315,11 @@ class PretrainCollator:
                 return fact
         return None
 
-    def _samples(self, mentions, rng, texts: dict[str, int], stats: dict[str, int]):
-        """Per kept mention: [positive, K negatives] as indices into `texts` (-1 = missing)."""
+    def _samples(self, mentions, rng, texts: dict[str, int], stats: dict[str, int],
+                 prefix: dict[str, int] | None = None):
+        """Per kept mention: [positive, K negatives] as indices into `texts` (-1 = missing);
+        `prefix` gets each text's name length in characters (where its tail starts)."""
+        prefix = {} if prefix is None else prefix
         k = self.cmrm.negatives
         if self.cmrm.heldout_heads > 0:  # before the cap, so held-out mentions leave room for others
             kept_out = [m for m in mentions if not self._heldout(m[2])]
@@ -321,13 +347,16 @@ class PretrainCollator:
             if len(negs) < k:
                 stats["shortfall"] += 1  # the gap stays -1 and is excluded from the softmax
                 stats["missing_slots"] += k - len(negs)
-            row = [texts.setdefault(pos_text, len(texts))]
-            row += [texts.setdefault(self._render(name, None, int(t)), len(texts)) for t in negs]
+            neg_texts = [self._render(name, None, int(t)) for t in negs]
+            row = [texts.setdefault(t, len(texts)) for t in (pos_text, *neg_texts)]
+            for t in (pos_text, *neg_texts):
+                prefix.setdefault(t, len(name))
             slots.append(row + [-1] * (k - len(negs)))
             kept.append((start, end))
         return kept, slots
 
-    def _tokenize_samples(self, texts: list[str], slots: list[list[int]], stats: dict[str, int]):
+    def _tokenize_samples(self, texts: list[str], slots: list[list[int]], stats: dict[str, int],
+                          prefix: dict[str, int]):
         """Tokenize the unique texts in one call, then merge texts that tokenize identically (e.g.
         names differing only in [UNK] characters): a negative identical to its positive, or to an
         earlier negative, is dropped and counted as a missing slot.
@@ -335,11 +364,10 @@ class PretrainCollator:
         A mention left without any negative would have a one-candidate softmax (loss 0, no
         gradient): it is dropped and counted as `no_negative`, not averaged into the loss.
 
-        Returns sample_input_ids [S, Ls], sample_attention_mask [S, Ls], sample_index [N', 1+K] and
-        the kept mentions' indices [N'] into `slots`."""
-        enc = self.tok(texts, padding=True, truncation=True, max_length=self.cmrm.sample_chars + 2,
-                       return_tensors="np", return_token_type_ids=False)
-        ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+        Returns sample_input_ids [S, Ls], sample_attention_mask [S, Ls], sample_pool_mask [S, Ls]
+        (the tokens the pool averages, `cmrm.pool`), sample_index [N', 1+K] and the kept mentions'
+        indices [N'] into `slots`."""
+        ids, mask, pool = tokenize_samples(self.tok, texts, [prefix[t] for t in texts], self.cmrm)
         _, first, remap = np.unique(ids, axis=0, return_index=True, return_inverse=True)
         keep = np.sort(first)  # unique rows in first-seen order
         new_of_kept = np.full(len(texts), -1, dtype=np.int64)
@@ -364,12 +392,13 @@ class PretrainCollator:
             if not kept[n]:
                 stats["no_negative"] += 1
                 stats["mentions"] -= 1
-        return ids[keep], mask[keep], torch.from_numpy(index[kept]), np.flatnonzero(kept)
+        return ids[keep], mask[keep], pool[keep], torch.from_numpy(index[kept]), np.flatnonzero(kept)
 
     # ---- batch ------------------------------------------------------------------------------
     def __call__(self, items: list[tuple[int, int, dict[str, Any]]]) -> dict[str, torch.Tensor]:
         plans, corrupted = [], []
         texts: dict[str, int] = {}
+        prefix: dict[str, int] = {}
         stats = dict.fromkeys(CMRM_STAT_KEYS, 0)
         m_row, m_start, m_end, m_slots = [], [], [], []
         for b, (epoch, index, row) in enumerate(items):
@@ -378,7 +407,7 @@ class PretrainCollator:
             plans.append(plan)
             corrupted.append(self._corrupt(plan.ids, plan.target_pos, rng))
             if self.cmrm.enabled and plan.mentions:
-                kept, slots = self._samples(plan.mentions, rng, texts, stats)
+                kept, slots = self._samples(plan.mentions, rng, texts, stats, prefix)
                 stats["mentions"] += len(kept)
                 m_row += [b] * len(kept)
                 m_start += [s + 1 for s, _ in kept]  # +1: [CLS]
@@ -415,13 +444,15 @@ class PretrainCollator:
         batch["mention_end"] = torch.tensor(m_end, dtype=torch.long)
         batch["sample_index"] = torch.zeros((0, 1 + k), dtype=torch.long)
         if texts:
-            sample_ids, sample_mask, batch["sample_index"], kept = self._tokenize_samples(list(texts), m_slots, stats)
+            sample_ids, sample_mask, sample_pool, batch["sample_index"], kept = self._tokenize_samples(
+                list(texts), m_slots, stats, prefix)
             for key in ("mention_index", "mention_start", "mention_end"):
                 batch[key] = batch[key][torch.from_numpy(kept)]
             batch["sample_input_ids"] = torch.from_numpy(sample_ids)
             batch["sample_attention_mask"] = torch.from_numpy(sample_mask)
+            batch["sample_pool_mask"] = torch.from_numpy(sample_pool)
         else:
-            batch["sample_input_ids"] = torch.zeros((0, 2), dtype=torch.long)
-            batch["sample_attention_mask"] = torch.zeros((0, 2), dtype=torch.long)
+            for key in ("sample_input_ids", "sample_attention_mask", "sample_pool_mask"):
+                batch[key] = torch.zeros((0, 2), dtype=torch.long)
         batch["cmrm_stats"] = torch.tensor([stats[key] for key in CMRM_STAT_KEYS], dtype=torch.long)
         return batch

@@ -213,7 +213,8 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, tokenizer: str | None =
 
 # CMRM settings an export records in config.json under "ckbert_cmrm" (the relation probe reads them:
 # which heads were held out, how sample texts were rendered); plain transformers ignores the key.
-RECORDED_CMRM_KEYS = ("heldout_heads", "sample_chars", "relation_in_text", "max_hop", "negatives", "temperature")
+RECORDED_CMRM_KEYS = ("heldout_heads", "sample_chars", "relation_in_text", "max_hop", "negatives", "temperature",
+                      "pool", "anchor")
 
 
 def recorded_cmrm(state: dict[str, Any]) -> dict[str, Any]:

@@ -74,7 +74,7 @@ def evaluate_hf(model, prepared: tuple, eval_rows: int, seed: int = 0, temperatu
                 samples = encoder(input_ids=batch["sample_input_ids"],
                                   attention_mask=batch["sample_attention_mask"]).last_hidden_state
                 anchor = mention_anchors(hidden, batch["mention_index"], batch["mention_start"], batch["mention_end"])
-                scores = cmrm_scores(anchor, masked_mean_pool(samples, batch["sample_attention_mask"]),
+                scores = cmrm_scores(anchor, masked_mean_pool(samples, batch["sample_pool_mask"]),
                                      batch["sample_index"], temperature)
                 heldout.add(sums, heldout.cmrm_counts(scores))
         result.update(heldout.summarise(sums, name))

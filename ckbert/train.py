@@ -72,26 +72,29 @@ class PretrainForward(nn.Module):
         # CMRM (method.md, sec. 2): anchors from the MLM pass, samples from a second pass. The second
         # pass runs even for a batch without mentions (S = 0): under FSDP every rank must make the
         # same encoder calls, since each call all-gathers the layers' parameters (a collective).
-        sample_hidden = model.encode(batch["sample_input_ids"], batch["sample_attention_mask"])  # [S, Ls, H]
-        if batch["sample_index"].shape[0] == 0:
-            terms["cmrm"] = hidden.sum() * 0.0 + sample_hidden.sum() * 0.0
-            return terms
-        anchor = mention_anchors(hidden, batch["mention_index"], batch["mention_start"],
-                                 batch["mention_end"])  # [N, H]
-        sample_emb = masked_mean_pool(sample_hidden, batch["sample_attention_mask"])  # [S, H]
-        terms["cmrm"] = cmrm_loss(anchor, sample_emb, batch["sample_index"], self.temperature,
-                                  self.in_batch_negatives)
+        anchor, sample_emb, zero = self._cmrm_inputs(batch, hidden)
+        terms["cmrm"] = zero if anchor is None else cmrm_loss(anchor, sample_emb, batch["sample_index"],
+                                                              self.temperature, self.in_batch_negatives)
         return terms
+
+    def _cmrm_inputs(self, batch: dict[str, torch.Tensor], hidden: torch.Tensor):
+        """(mention anchors [N, H], pooled samples [S, H], a zero tied to both passes); the first two
+        are None when the batch has no mention."""
+        model = self.model
+        sample_hidden = model.encode(batch["sample_input_ids"], batch["sample_attention_mask"])  # [S, Ls, H]
+        zero = hidden.sum() * 0.0 + sample_hidden.sum() * 0.0
+        if batch["sample_index"].shape[0] == 0:
+            return None, None, zero
+        anchor = mention_anchors(hidden, batch["mention_index"], batch["mention_start"], batch["mention_end"])
+        return anchor, masked_mean_pool(sample_hidden, batch["sample_pool_mask"]), zero
 
     def _detail(self, batch: dict[str, torch.Tensor], hidden: torch.Tensor) -> dict[str, torch.Tensor]:
         model = self.model
         out = {"mlm_logits": model.mlm_logits(hidden, batch["mlm_positions"]),
                "cosine": heldout.mean_pairwise_cosine(hidden, batch["attention_mask"])}
         if self.cmrm_enabled:  # the second pass runs on every rank, as in training (FSDP)
-            sample_hidden = model.encode(batch["sample_input_ids"], batch["sample_attention_mask"])
-            if batch["sample_index"].shape[0]:
-                anchor = mention_anchors(hidden, batch["mention_index"], batch["mention_start"], batch["mention_end"])
-                sample_emb = masked_mean_pool(sample_hidden, batch["sample_attention_mask"])
+            anchor, sample_emb, _ = self._cmrm_inputs(batch, hidden)
+            if anchor is not None:
                 out["cmrm_scores"] = cmrm_scores(anchor, sample_emb, batch["sample_index"], self.temperature)
         return out
 

@@ -77,6 +77,14 @@ class CMRMConfig:
     # name (ckbert.data_prep.kg_store.heldout_entity), is never an anchor nor a positive's tail, so
     # their triples stay unseen by CMRM. Recorded in the checkpoint and the exported config.json.
     heldout_heads: float = 0.0
+    # What a sample text's embedding averages: "text" = every real token ([CLS] and [SEP] included,
+    # the reference's choice), "tail" = the tokens after the mention's name (the part that differs
+    # between a mention's samples).
+    pool: Literal["text", "tail"] = "text"
+    # Where the anchor comes from: "masked" = the mention's states in the MLM pass as masked (its
+    # words may be [MASK]), "unmasked" = the mention's tokens are never MLM targets, so the anchor
+    # always sees the mention.
+    anchor: Literal["masked", "unmasked"] = "masked"
 
     def validate(self) -> None:
         if self.weight < 0 or self.temperature <= 0:

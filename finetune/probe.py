@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ckbert.data_prep.kg_store import INVERSE_SUFFIX
 from ckbert.errors import UserError
 from ckbert.finetune.checkpoint import check_model_dir, load_model, load_tokenizer
 from ckbert.finetune.submission import write_json
-from ckbert.data_prep.kg_store import INVERSE_SUFFIX
 from ckbert.outputs import check_out_file
 
 DEFAULT_TEMPLATE = "{head}的{relation}是{tail}。"
@@ -345,9 +345,9 @@ def run_relation(model: Any, args: argparse.Namespace, stats: dict[str, int], re
     if not items:
         raise UserError("no relation probe items: the held-out rows link no entity with neighbours",
                         path=args.prepared)
-    scores = rp.score_items(model, tokenizer, dataset, items, cmrm.sample_chars, args.batch_size)
+    scores = rp.score_items(model, tokenizer, dataset, items, cmrm, args.batch_size)
     groups = [f"{it.group}, vs {key}" for key in rp.NEGATIVE_SETS for it in items]
     record.update({"prepared": str(args.prepared), "eval_rows": len(dataset) - start, "heldout_share": share,
-                   "per_mention": args.per_mention, "sample_chars": cmrm.sample_chars,
+                   "per_mention": args.per_mention, "sample_chars": cmrm.sample_chars, "pool": cmrm.pool,
                    "mentions": len({(it.row, it.start) for it in items})})
     return summarise(groups, [row for key in rp.NEGATIVE_SETS for row in scores[key]])

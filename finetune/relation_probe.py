@@ -8,8 +8,8 @@ entity, the text "mention + t" (rendered as CMRM renders it, `ckbert.collator.sa
 ranked against K texts "mention + x" for
 - `hop 2-3`: x drawn from the entity's hop-2..3 neighbourhood (CMRM's negatives), and
 - `random`: x drawn uniformly from all entities that are neither the entity nor a 1-hop neighbour,
-by the cosine of the anchor and the sample's masked mean pool (CMRM's score; the temperature does
-not change a ranking). A candidate whose text equals an earlier one (long names cut to
+by the cosine of the anchor and the sample's masked mean pool over the text or its tail, as the
+model was trained (`cmrm.pool`; CMRM's score; the temperature does not change a ranking). A candidate whose text equals an earlier one (long names cut to
 `sample_chars`) is dropped and counted; a tie counts against the true text.
 
 Items are grouped `seen` / `held_out` by the head entity: `held_out` heads are the share of KG
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ckbert.collator import sample_text
+from ckbert.collator import sample_text, tokenize_samples
 from ckbert.data_prep.kg_store import heldout_entity, sample_negatives
 from ckbert.objectives import masked_mean_pool, mention_anchors
 from ckbert.train_config import CMRMConfig
@@ -40,7 +40,8 @@ class RelationItem:
     row: int  # index of the held-out row in the prepared dataset
     start: int  # mention span in the row's tokens, without [CLS]
     end: int
-    head: int  # entity ids
+    head: int  # entity id
+    prefix: int  # characters of the head's name at the start of every text (where the tail starts)
     texts: dict[str, list[str]]  # negative set -> [true text, K negative texts]
     group: str  # "seen" / "held_out"
 
@@ -98,12 +99,12 @@ def build_items(dataset: Any, rows: range, store: Any, cmrm: CMRMConfig, share: 
                 if any(len(v) < 2 for v in texts.values()):
                     stats["no_distinct_negative"] = stats.get("no_distinct_negative", 0) + 1
                     continue
-                items.append(RelationItem(r, int(start), int(end), ent, texts, group))
+                items.append(RelationItem(r, int(start), int(end), ent, len(name), texts, group))
     return items
 
 
 @torch.no_grad()
-def score_items(model: Any, tokenizer: Any, dataset: Any, items: list[RelationItem], sample_chars: int,
+def score_items(model: Any, tokenizer: Any, dataset: Any, items: list[RelationItem], cmrm: CMRMConfig,
                 batch_size: int = 32) -> dict[str, list[list[float]]]:
     """Per negative set, per item: the cosines of [true text, negatives] with the mention's anchor.
 
@@ -130,14 +131,14 @@ def score_items(model: Any, tokenizer: Any, dataset: Any, items: list[RelationIt
         index, st, en = (torch.tensor(x, device=device) for x in zip(*spans, strict=True))
         for (b, a, e), vec in zip(spans, mention_anchors(hidden, index, st, en).float().cpu(), strict=True):
             anchors[(chunk[b], a - 1, e - 1)] = vec
-    texts = sorted({t for it in items for v in it.texts.values() for t in v})
+    prefix = {t: it.prefix for it in items for v in it.texts.values() for t in v}
+    texts = sorted(prefix)
     pooled: dict[str, torch.Tensor] = {}
     for s in range(0, len(texts), 4 * batch_size):
         chunk = texts[s : s + 4 * batch_size]
-        enc = tokenizer(chunk, padding=True, truncation=True, max_length=sample_chars + 2, return_tensors="pt",
-                        return_token_type_ids=False)
-        enc = {k: v.to(device) for k, v in enc.items()}
-        out = masked_mean_pool(encoder(**enc).last_hidden_state, enc["attention_mask"]).float().cpu()
+        ids, mask, pool = (torch.from_numpy(x).to(device)
+                           for x in tokenize_samples(tokenizer, chunk, [prefix[t] for t in chunk], cmrm))
+        out = masked_mean_pool(encoder(input_ids=ids, attention_mask=mask).last_hidden_state, pool).float().cpu()
         pooled.update(zip(chunk, out, strict=True))
     scores: dict[str, list[list[float]]] = {key: [] for key in NEGATIVE_SETS}
     for it in items:

@@ -328,3 +328,26 @@ def test_heldout_heads_are_never_anchors_nor_positive_tails(prepared):
             assert by_index[row_slots[0]] in {(name + kg.entity_name(t))[:16] for t in tails}
             kept += 1
     assert heldout > 10 and kept > 10, (heldout, kept)
+
+
+def test_tail_pool_and_unmasked_anchor_variants(prepared):
+    """cmrm.pool "tail" pools the tokens after the mention's name; cmrm.anchor "unmasked" keeps
+    every linked mention out of the MLM targets (so the anchor sees the mention)."""
+    manifest, ds, kg, tok = prepared
+    rows = items(prepared, range(64))
+    base = PretrainCollator(tok, manifest, kg, MaskingConfig(), CMRMConfig(), 64, 0)(rows)
+    assert torch.equal(base["sample_pool_mask"], base["sample_attention_mask"])
+    tail = PretrainCollator(tok, manifest, kg, MaskingConfig(), CMRMConfig(pool="tail"), 64, 0)(rows)
+    assert torch.equal(tail["sample_input_ids"], base["sample_input_ids"])
+    pool, mask = tail["sample_pool_mask"], tail["sample_attention_mask"]
+    assert bool((pool <= mask).all()) and int(pool.sum()) < int(mask.sum())
+    assert not bool(pool[:, 0].any())  # [CLS] is never pooled in "tail" mode
+    for name in ("lmlm", "random_token"):
+        col = PretrainCollator(tok, manifest, kg, MaskingConfig(strategy=name), CMRMConfig(anchor="unmasked"), 64, 0)
+        batch = col(rows)
+        length = batch["input_ids"].shape[1]
+        targets = set(batch["mlm_positions"].tolist())
+        for n in range(batch["mention_index"].numel()):
+            b, s, e = (int(batch[k][n]) for k in ("mention_index", "mention_start", "mention_end"))
+            assert not targets & {b * length + p for p in range(s, e)}  # no mention token is a target
+        assert batch["mlm_labels"].numel() > 0

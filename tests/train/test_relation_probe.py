@@ -91,7 +91,8 @@ def test_scores_are_cmrm_cosines_of_our_own_encoder(probed_run, prepared):
     start = heldout_start(len(ds), 48)
     items = rp.build_items(ds, range(start, len(ds)), kg, CMRMConfig(), SHARE, 4, 2, 0, {})[:12]
     hf = AutoModelForMaskedLM.from_pretrained(str(probed_run / "hf"))
-    scores = rp.score_items(hf, tok, ds, items, 16, batch_size=5)
+    scores = rp.score_items(hf, tok, ds, items, CMRMConfig(), batch_size=5)
+    tail = rp.score_items(hf, tok, ds, items, CMRMConfig(pool="tail"), batch_size=7)
     ckpt = latest_checkpoint(probed_run / "out")
     ours = CKBertForPreTraining(model_config_from_dict(load_trainer_state(ckpt)["model_config"]))
     ours.load_state_dict(load_model_state(ckpt))
@@ -103,6 +104,14 @@ def test_scores_are_cmrm_cosines_of_our_own_encoder(probed_run, prepared):
             anchor = mention_anchors(hidden, torch.tensor([0]), torch.tensor([it.start + 1]), torch.tensor([it.end + 1]))
             for key in rp.NEGATIVE_SETS:
                 enc = tok(it.texts[key], padding=True, return_tensors="pt", return_token_type_ids=False)
-                pooled = masked_mean_pool(ours.encode(enc["input_ids"], enc["attention_mask"]), enc["attention_mask"])
-                cos = torch.nn.functional.cosine_similarity(anchor, pooled).numpy()
-                np.testing.assert_allclose(scores[key][n], cos, atol=1e-4)
+                hidden = ours.encode(enc["input_ids"], enc["attention_mask"])
+                cos = torch.nn.functional.cosine_similarity(anchor, masked_mean_pool(hidden, enc["attention_mask"]))
+                np.testing.assert_allclose(scores[key][n], cos.numpy(), atol=1e-4)
+                # pool "tail": the tokens after the name (CJK: one token per character), by hand
+                n_name = len(tok(kg.entity_name(it.head)[:16], add_special_tokens=False)["input_ids"])
+                tail_mask = enc["attention_mask"].clone()
+                tail_mask[:, : 1 + n_name] = 0
+                tail_mask[torch.arange(len(it.texts[key])), enc["attention_mask"].sum(1) - 1] = 0  # [SEP]
+                tail_mask[tail_mask.sum(1) == 0] = enc["attention_mask"][tail_mask.sum(1) == 0]
+                cos = torch.nn.functional.cosine_similarity(anchor, masked_mean_pool(hidden, tail_mask))
+                np.testing.assert_allclose(tail[key][n], cos.numpy(), atol=1e-4)
