@@ -86,18 +86,6 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return ckpt
 
 
-def resolve_checkpoint(path: str | Path, files: tuple[str, ...] = FILES) -> Path:
-    """A checkpoint folder, or a run folder / checkpoints folder whose `latest` names one."""
-    path = Path(path)
-    for root in (path, path / "checkpoints"):
-        if (root / "latest").is_file():
-            ckpt = root / (root / "latest").read_text(encoding="utf-8").strip()
-            check_complete(ckpt, files)
-            return ckpt
-    check_complete(path, files)
-    return path
-
-
 def load_trainer_state(ckpt: Path) -> dict[str, Any]:
     return read_json(ckpt / "trainer_state.json", "trainer state")
 

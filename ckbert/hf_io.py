@@ -24,12 +24,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ckbert.config import load_dataclass, read_json
+from ckbert.data_prep.tokenizer import MARKERS, add_markers
 from ckbert.errors import UserError
 from ckbert.model import CKBertForPreTraining
 from ckbert.model_config import HF_NAMES, ModelConfig, count_parameters
 from ckbert.outputs import check_out_dir, commit_dir, staging_dir
-
-MARKER_TOKENS = ("[dep]", "[sdp]")
 
 # Checkpoint key -> our key, applied in order; a replacement of None drops the key.
 # - old TF-converted BERT checkpoints name LayerNorm parameters gamma/beta
@@ -140,7 +139,7 @@ def model_card(config: ModelConfig, card: CardInfo, tokenizer: Any) -> str:
     """README.md for the exported folder: front matter, what was trained on what, and how far."""
     params = count_parameters(config)
     rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in card.metrics.items()) or "| (none measured) | |"
-    markers = ", ".join(f"`{t}` = {tokenizer.convert_tokens_to_ids(t)}" for t in MARKER_TOKENS
+    markers = ", ".join(f"`{t}` = {tokenizer.convert_tokens_to_ids(t)}" for t in MARKERS
                         if t in tokenizer.get_vocab())
     return f"""---
 language: zh
@@ -285,17 +284,6 @@ def map_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def add_marker_tokens(tokenizer: Any) -> list[str]:
-    """Add [dep] and [sdp] as special tokens (as the prepared dataset's tokenizer has them);
-    returns those that were new."""
-    vocab = tokenizer.get_vocab()
-    new = [t for t in MARKER_TOKENS if t not in vocab]
-    if new:
-        # add_tokens(special_tokens=True) behaves the same in transformers 4.x and 5.x
-        tokenizer.add_tokens(new, special_tokens=True)
-    return new
-
-
 def grow_vocab_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
     """[V, ...] -> [rows, ...]; new rows are the mean of the existing ones, a neutral start that
     keeps the output distribution and the embedding scale as they were."""
@@ -326,9 +314,9 @@ def import_hf(folder: str | Path, tokenizer: Any = None, **config_overrides: Any
         source_tokenizer = None  # weights-only folder: the given tokenizer must fit the rows
     if tokenizer is None:
         tokenizer = source_tokenizer
-        added = add_marker_tokens(tokenizer)
+        added = add_markers(tokenizer)
     else:
-        added = [t for t in MARKER_TOKENS if source_tokenizer is None or t not in source_tokenizer.get_vocab()]
+        added = [t for t in MARKERS if source_tokenizer is None or t not in source_tokenizer.get_vocab()]
         _check_extends(tokenizer, source_tokenizer, folder)
     weights = map_keys(read_hf_weights(folder))
 

@@ -23,7 +23,9 @@ shape. On CPU under bf16 the matmuls are nearly the whole step, so compute spent
 pure loss. Without padding nothing is gathered and the layers run on [B, L, H] as before.
 `encode` re-pads its result to [B, L, H] with zeros at the pad positions.
 
-Every linear layer goes through `linear` below: F.linear, except for bf16 on CPU (see there).
+Every linear layer goes through `kernels.linear`: F.linear, except for bf16 GEMMs on CPUs where
+PyTorch has no oneDNN bf16 (faster operand layouts, decided once per process; the model itself
+holds no precision or hardware code).
 
 The model knows nothing of parallelism, precision or compilation (style.md, item 3).
 """
@@ -36,89 +38,11 @@ from torch import nn
 
 from ckbert import kernels
 from ckbert.errors import UserError
+from ckbert.kernels import linear
 from ckbert.model_config import ModelConfig
 
 # HF hidden_act -> torch GELU `approximate` ("gelu_new" is the tanh form).
 GELU_APPROXIMATE = {"gelu": "none", "gelu_new": "tanh"}
-
-
-def _k_major(a: torch.Tensor) -> torch.Tensor:
-    """[M, K] -> the same values as an [M, K] view of a contiguous [K, M] copy."""
-    return a.t().contiguous().t()
-
-
-class _CpuBf16Linear(torch.autograd.Function):
-    """y = x @ weight^T + bias for bf16 tensors on CPU, every GEMM with both operands stored
-    reduction-dimension-major.
-
-    Where oneDNN refuses bf16 (this project's AVX2 machine: `_bf16_gemm_is_fallback`), PyTorch's
-    CPU bf16 GEMM is its own loop, and its speed depends on operand layout by up to 20x: A @ B runs fastest when
-    A is an [M, K] view of a contiguous [K, M] tensor and B is a contiguous [K, N] tensor. The
-    layouts F.linear produces (x @ W^T, and in backward grad @ W) are among the slow ones. Here
-    the forward uses x^T and W^T copies, the input gradient a grad^T copy, and the weight gradient
-    grad^T @ x is in the fast layout as is; the copies are elementwise and cheap next to the GEMMs.
-    Same bf16 inputs, fp32 accumulation and bf16 outputs as F.linear; only the summation order
-    (rounding in the last bf16 bit) may differ."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        # x [T, K], weight [N, K], bias [N] -> [T, N]
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        a, w_t = _k_major(x), weight.t().contiguous()
-        return torch.mm(a, w_t) if bias is None else torch.addmm(bias, a, w_t)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        grad = grad.contiguous()  # [T, N]
-        dx = torch.mm(_k_major(grad), weight) if ctx.needs_input_grad[0] else None  # [T, K]
-        dw = torch.mm(grad.t(), x) if ctx.needs_input_grad[1] else None  # [N, K]
-        db = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return dx, dw, db
-
-
-def _bf16_gemm_is_fallback() -> bool:
-    """True when PyTorch's CPU bf16 GEMM is its own loop: oneDNN takes bf16 only on CPUs with
-    AVX512 (BW/VL/DQ) or AVX-NE-CONVERT; there `_CpuBf16Linear`'s layouts buy nothing."""
-    return not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-CPU_BF16_GEMM_IS_FALLBACK = _bf16_gemm_is_fallback()  # decided once per process
-
-
-def _cpu_bf16(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """True when F.linear(x, weight) would run a bf16 GEMM on the CPU's fallback loop."""
-    if x.device.type != "cpu" or not CPU_BF16_GEMM_IS_FALLBACK:
-        return False
-    if torch.is_autocast_enabled("cpu"):
-        return torch.get_autocast_dtype("cpu") == torch.bfloat16
-    return x.dtype == weight.dtype == torch.bfloat16
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear(x, weight, bias) for x [..., K], weight [N, K] -> [..., N]; bf16 on CPU (autocast or
-    bf16 tensors) runs through `_CpuBf16Linear`, same precision, faster GEMM layouts."""
-    if not _cpu_bf16(x, weight):
-        return F.linear(x, weight, bias)
-    dt = torch.bfloat16
-    y = _CpuBf16Linear.apply(x.reshape(-1, x.shape[-1]).to(dt), weight.to(dt), None if bias is None else bias.to(dt))
-    return y if x.dim() == 2 else y.view(*x.shape[:-1], weight.shape[0])
-
-
-def decoder_cross_entropy(
-    rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor,
-    backend: str | None, label_smoothing: float = 0.0,
-) -> torch.Tensor:
-    """Mean cross-entropy of rows [M, H] @ weight [V, H]^T + bias [V] against labels [M] (-100 left
-    out): `kernels.linear_cross_entropy`, whose torch backend is F.linear + F.cross_entropy on fp32
-    logits; for bf16 on CPU that same definition runs with `linear` (the decoder GEMMs are the
-    largest of a small model's step)."""
-    if (backend or kernels.select_backend()) == "torch" and _cpu_bf16(rows, weight):
-        logits = linear(rows, weight, bias)  # [M, V]
-        return F.cross_entropy(logits.float(), labels, ignore_index=-100, label_smoothing=label_smoothing)
-    return kernels.linear_cross_entropy(rows, weight, bias, labels, ignore_index=-100,
-                                        label_smoothing=label_smoothing, backend=backend)
 
 
 class Embeddings(nn.Module):
@@ -457,17 +381,15 @@ class CKBertForPreTraining(nn.Module):
         """hidden [B, L, H], positions [M] -> logits [M, V]."""
         return linear(self.mlm_hidden(hidden, positions), self.decoder_weight, self.decoder_bias)
 
-    def mlm_loss(
-        self,
-        hidden: torch.Tensor,
-        positions: torch.Tensor,
-        labels: torch.Tensor,
-        label_smoothing: float = 0.0,
-    ) -> torch.Tensor:
-        """Mean cross-entropy over the M predicted rows (labels [M], -100 ignored), without
-        materialising [M, V] logits when the fused kernel is active."""
-        return decoder_cross_entropy(self.mlm_hidden(hidden, positions), self.decoder_weight, self.decoder_bias,
-                                     labels, self.backend, label_smoothing)
+    def mlm_loss(self, hidden: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The MLM loss (method.md, section 1): mean cross-entropy over the M predicted rows (hidden
+        [B, L, H], positions [M] flat indices into B*L, labels [M], -100 ignored) through
+        `kernels.linear_cross_entropy` (the Triton path never materialises [M, V] logits). No
+        targets give a zero that still depends on the inputs (so backward works)."""
+        rows = self.mlm_hidden(hidden, positions)  # the head runs on the targets only
+        if labels.numel() == 0:
+            return rows.sum() * 0.0
+        return kernels.linear_cross_entropy(rows, self.decoder_weight, self.decoder_bias, labels, backend=self.backend)
 
     def forward(
         self,

@@ -1,7 +1,8 @@
-"""The two pretraining objectives as small functions returning scalar losses (method.md, 1-2).
+"""CMRM as small functions (method.md, section 2): anchors, pooling, scores and the loss.
 
-The training step (`ckbert.train.PretrainForward` and `train_step`) calls these and forms the total
-`L_mlm + lambda * L_cmrm` in one place; nothing here knows about weights, precision or devices.
+The MLM loss is the model's head (`CKBertForPreTraining.mlm_loss`: the decoder is the tied word
+embedding); the training step (`ckbert.train.PretrainForward` and `train_step`) forms the total
+`L_mlm + lambda * L_cmrm` in one place. Nothing here knows about weights, precision or devices.
 """
 
 from __future__ import annotations
@@ -9,37 +10,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ckbert.model import decoder_cross_entropy
-
-
-def mlm_loss(rows: torch.Tensor, decoder_weight: torch.Tensor, decoder_bias: torch.Tensor,
-             labels: torch.Tensor, backend: str | None = None) -> torch.Tensor:
-    """Sparse MLM cross-entropy on the gathered target rows only.
-
-    rows [M, H] (the MLM head's transform output at the M targets), decoder_weight [V, H],
-    decoder_bias [V], labels [M] -> mean cross-entropy over the M targets. Goes through
-    `ckbert.model.decoder_cross_entropy`, i.e. `ckbert.kernels.linear_cross_entropy` (the Triton
-    path never materialises [M, V] logits; the torch path is the plain reference, with faster GEMM
-    layouts for bf16 on CPU); `backend` is the model's, decided once.
-    An empty batch of targets gives a zero that still depends on the inputs (so backward works).
-    """
-    if labels.numel() == 0:
-        return rows.sum() * 0.0
-    return decoder_cross_entropy(rows, decoder_weight, decoder_bias, labels, backend)
-
 
 def mention_anchors(hidden: torch.Tensor, mention_index: torch.Tensor, start: torch.Tensor,
                     end: torch.Tensor) -> torch.Tensor:
     """Mean of each mention's token states: hidden [B, L, H], mention_index/start/end [N] -> [N, H].
 
-    One matmul with a [N, B*L] averaging matrix (row n has 1/len over the mention's tokens)."""
-    b, length, h = hidden.shape
-    pos = torch.arange(length, device=hidden.device)
-    inside = (pos[None, :] >= start[:, None]) & (pos[None, :] < end[:, None])  # [N, L]
-    weights = inside.to(hidden.dtype) / (end - start).clamp(min=1)[:, None].to(hidden.dtype)
-    full = hidden.new_zeros(mention_index.numel(), b, length)
-    full[torch.arange(mention_index.numel(), device=hidden.device), mention_index] = weights
-    return full.view(-1, b * length) @ hidden.reshape(b * length, h)
+    A gather of the mentions' T tokens and a segment sum (index_add), divided by the lengths."""
+    length, h = hidden.shape[1], hidden.shape[2]
+    lens = (end - start).clamp(min=0)  # [N]
+    owner = torch.repeat_interleave(torch.arange(lens.numel(), device=hidden.device), lens)  # [T]
+    first = torch.cumsum(lens, 0) - lens  # [N] where each mention's tokens start in the flat list
+    offset = torch.arange(owner.numel(), device=hidden.device) - first[owner]  # [T] position inside its mention
+    rows = hidden.reshape(-1, h).index_select(0, mention_index[owner] * length + start[owner] + offset)  # [T, H]
+    sums = hidden.new_zeros(lens.numel(), h).index_add_(0, owner, rows)
+    return sums / lens.clamp(min=1)[:, None].to(hidden.dtype)
 
 
 def masked_mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

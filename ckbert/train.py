@@ -35,7 +35,7 @@ from ckbert.errors import UserError
 from ckbert.heldout import heldout_start
 from ckbert.model import CKBertForPreTraining
 from ckbert.model_config import ModelConfig, load_model_config, model_config_from_dict, resolve_vocab_size
-from ckbert.objectives import cmrm_loss, cmrm_scores, masked_mean_pool, mention_anchors, mlm_loss
+from ckbert.objectives import cmrm_loss, cmrm_scores, masked_mean_pool, mention_anchors
 from ckbert.optim import build_optimizer, build_scheduler, ramped_accum
 from ckbert.train_config import PretrainConfig, load_pretrain_config
 from ckbert.world import World
@@ -63,9 +63,7 @@ class PretrainForward(nn.Module):
         hidden = model.encode(batch["input_ids"], batch["attention_mask"])  # [B, L, H]
         if detail:
             return self._detail(batch, hidden)
-        rows = model.mlm_hidden(hidden, batch["mlm_positions"])  # [M, H]: the head runs on targets only
-        terms = {"mlm": mlm_loss(rows, model.decoder_weight, model.decoder_bias, batch["mlm_labels"],
-                                  backend=model.backend)}
+        terms = {"mlm": model.mlm_loss(hidden, batch["mlm_positions"], batch["mlm_labels"])}
         if not self.cmrm_enabled:
             terms["cmrm"] = hidden.sum() * 0.0
             return terms

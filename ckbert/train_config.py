@@ -130,7 +130,6 @@ class TrainConfig:
     max_tokens: int = 0  # real (non-pad) tokens of the main batches, all ranks; 0 = no limit
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    fused_mlm_loss: bool = False  # ckbert.kernels.linear_cross_entropy instead of logits + CE
     # torch.compile of the training step's forward module, in place (parameter names and the
     # checkpoint format do not change): "none", "inductor" (GPU speed), "aot_eager" (tracing only)
     compile: Literal["none", "inductor", "aot_eager"] = "none"

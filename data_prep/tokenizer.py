@@ -20,10 +20,13 @@ MARKERS = ("[dep]", "[sdp]")
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def add_markers(tokenizer) -> None:
+def add_markers(tokenizer) -> list[str]:
+    """Add `[dep]` and `[sdp]` as special tokens where missing (the one way ckbert adds them: the
+    prepared dataset's tokenizer, an imported HF checkpoint's); returns those that were new."""
     missing = [m for m in MARKERS if m not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing})
+    return missing
 
 
 def load_tokenizer(path: str | Path):

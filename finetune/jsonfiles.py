@@ -39,18 +39,6 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise UserError("invalid UTF-8", path=path) from None
 
 
-def read_json(path: Path) -> Any:
-    """A whole-file JSON document (CMRC2018, C3, CHID answer files)."""
-    if not path.is_file():
-        raise UserError("file not found", path=path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"invalid JSON: {exc.msg}", path=path, line=exc.lineno) from None
-    except UnicodeDecodeError:
-        raise UserError("invalid UTF-8", path=path) from None
-
-
 def field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], path: Path, line: int | None) -> Any:
     """obj[name], checked for presence and type, or a one-line UserError."""
     if name not in obj:

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from ckbert.config import read_json
 from ckbert.errors import UserError
 from ckbert.finetune.classification import Encoded
-from ckbert.finetune.jsonfiles import field, find_file, read_json, read_jsonl
+from ckbert.finetune.jsonfiles import field, find_file, read_jsonl
 from ckbert.finetune.metrics import accuracy
 
 IDIOM_TAG = re.compile(r"#idiom\d+#")
@@ -100,7 +101,7 @@ class ChidTask(MultipleChoiceTask):
         answers: dict[str, int] | None = None
         if split != "test":
             answer_path = data_dir / f"{split}_answer.json"
-            answers = read_json(answer_path)
+            answers = read_json(answer_path, "data file", require_object=False)
             if not isinstance(answers, dict):
                 raise UserError("expected one JSON object {tag: index}", path=answer_path)
         out = []
@@ -162,7 +163,7 @@ class C3Task(MultipleChoiceTask):
             paths = [find_file(data_dir, (f"{p}-{split}.json",), f"c3 {split}") for p in ("d", "m")]
         out = []
         for path in paths:
-            items = read_json(path)
+            items = read_json(path, "data file", require_object=False)
             if not isinstance(items, list):
                 raise UserError("expected a JSON list of [context, questions, id] items", path=path)
             for n, item in enumerate(items):

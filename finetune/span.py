@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from ckbert.config import read_json
 from ckbert.errors import UserError
 from ckbert.finetune.classification import Encoded
-from ckbert.finetune.jsonfiles import find_file, read_json
+from ckbert.finetune.jsonfiles import find_file
 from ckbert.finetune.metrics import cmrc_scores
 
 MAX_QUERY_CHARS = 64
@@ -45,7 +46,7 @@ class SpanTask:
         assert data_dir is not None
         names = self.test_files if split == "test" else (f"{split}.json",)
         path = find_file(data_dir, names, f"cmrc2018 {split}")
-        doc = read_json(path)
+        doc = read_json(path, "data file", require_object=False)
         if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
             raise UserError("expected a SQuAD-style object with a 'data' list", path=path)
         out = []

@@ -9,7 +9,7 @@ instead of the [M, V] logits, their fp32 copy and their gradient.
 Layers: Triton kernel and chunked driver -> torch.library custom op with a fake implementation ->
 `_LinearCrossEntropyFn` (autograd.Function; gradients come from the forward, the backward scales
 them) -> `linear_cross_entropy`. `linear_cross_entropy_reference` is the pure-PyTorch definition and
-the "torch" backend.
+the "torch" backend (with `cpu_linear.linear`'s GEMM layouts for bf16 on CPUs without oneDNN bf16).
 
 Precision: the GEMMs run in the compute dtype (the autocast dtype when autocast is on, as F.linear
 would, else the promoted dtype of hidden and weight); softmax and loss in fp32; grad_weight is
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .backend import resolve
+from .cpu_linear import linear, uses_cpu_bf16_layouts
 
 
 def linear_cross_entropy_reference(
@@ -92,6 +93,9 @@ def linear_cross_entropy(
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     if resolve(backend) == "torch":
+        if uses_cpu_bf16_layouts(hidden, weight):  # the reference's definition, faster bf16 GEMM layouts
+            logits = linear(hidden, weight, bias)  # [M, V]
+            return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, label_smoothing=label_smoothing)
         return linear_cross_entropy_reference(hidden, weight, bias, labels, ignore_index, label_smoothing)
     dtype = _compute_dtype(hidden, weight)
     # The casts are autograd ops: gradients reach the original dtypes (as under autocast).

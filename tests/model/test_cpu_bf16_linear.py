@@ -1,4 +1,4 @@
-"""`ckbert.model.linear`: F.linear, with bf16 GEMMs on CPU in faster operand layouts (same precision)."""
+"""`ckbert.kernels.linear`: F.linear, with bf16 GEMMs on CPU in faster operand layouts (same precision)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ckbert.model import CPU_BF16_GEMM_IS_FALLBACK, decoder_cross_entropy, linear
+from ckbert.kernels import CPU_BF16_GEMM_IS_FALLBACK, linear, linear_cross_entropy
 
 # Where oneDNN runs bf16 GEMMs, `linear` is plain F.linear for every dtype.
 EXPECT_LAYOUT_PATH = CPU_BF16_GEMM_IS_FALLBACK
@@ -77,7 +77,7 @@ def test_decoder_cross_entropy_bf16_matches_reference():
     labels = torch.tensor([3, -100, 7, 49, 0, 1, 2, 3, -100, 5, 6, 8])
     losses, grads = [], []
     for fn in (lambda: kernels.linear_cross_entropy_reference(x, w, b, labels, label_smoothing=0.1),
-               lambda: decoder_cross_entropy(x, w, b, labels, "torch", label_smoothing=0.1)):
+               lambda: linear_cross_entropy(x, w, b, labels, label_smoothing=0.1, backend="torch")):
         for t in (x, w, b):
             t.grad = None
         with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -86,6 +86,9 @@ def test_mlm_loss_matches_cross_entropy(random_model, make_batch):
         loss = model.mlm_loss(hidden, positions, labels)
         ref = torch.nn.functional.cross_entropy(model.mlm_logits(hidden, positions), labels)
     torch.testing.assert_close(loss, ref)
+    none = torch.zeros(0, dtype=torch.long)
+    empty = model.mlm_loss(model.encode(ids, mask, types), none, none)  # no targets: 0, backward still works
+    assert empty.item() == 0.0 and empty.requires_grad
 
 
 def test_dropout_only_in_training(layout, small_config, make_batch):

@@ -9,9 +9,9 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
+from ckbert.data_prep.tokenizer import MARKERS
 from ckbert.errors import UserError
 from ckbert.hf_io import (
-    MARKER_TOKENS,
     CardInfo,
     export_hf_folder,
     hf_config_dict,
@@ -112,8 +112,8 @@ def test_import_masked_lm_adds_markers(tmp_path, tokenizer_dir, cls_name, model_
     folder, hf, tok = _save_hf(tmp_path, tokenizer_dir, cls_name, model_type)
     imp = import_hf(folder, kernels="torch")
     v = len(tok)
-    assert imp.added_tokens == list(MARKER_TOKENS) and imp.initialised == []
-    assert imp.tokenizer.convert_tokens_to_ids(list(MARKER_TOKENS)) == [v, v + 1]
+    assert imp.added_tokens == list(MARKERS) and imp.initialised == []
+    assert imp.tokenizer.convert_tokens_to_ids(list(MARKERS)) == [v, v + 1]
     assert imp.config.vocab_size == v + 2 and imp.config.hf_architecture == cls_name
     emb = imp.model.bert.embeddings.word_embeddings.weight
     hf_emb = hf.bert.embeddings.word_embeddings.weight
@@ -162,7 +162,7 @@ def test_key_map_is_declared_once():
 def test_export_import_round_trip(tmp_path, tokenizer_dir, small_config, randomise, layout):
     model, config, tok = _model_for_tokenizer(tokenizer_dir, small_config, randomise, layout)
     # a tokenizer that already has the markers, as a prepared dataset's does
-    tok.add_tokens(list(MARKER_TOKENS), special_tokens=True)
+    tok.add_tokens(list(MARKERS), special_tokens=True)
     tok.save_pretrained(str(tmp_path / "tok"))
     model2, config2, _ = _model_for_tokenizer(tmp_path / "tok", small_config, randomise, layout)
     out = export_hf_folder(model2.state_dict(), config2, tmp_path / "tok", tmp_path / "hf", CARD)
@@ -211,7 +211,7 @@ def test_init_from_with_a_prepared_tokenizer(tmp_path, tokenizer_dir):
 
     folder, hf, tok = _save_hf(tmp_path, tokenizer_dir, "BertForMaskedLM", "bert")
     prepared = transformers.AutoTokenizer.from_pretrained(str(folder))
-    prepared.add_tokens(list(MARKER_TOKENS), special_tokens=True)
+    prepared.add_tokens(list(MARKERS), special_tokens=True)
     model = load_hf_pretraining_model(folder, prepared, kernels="torch")
     assert model.config.vocab_size == len(tok) + 2
     torch.testing.assert_close(model.cls.predictions.bias[: len(tok)], hf.cls.predictions.bias)
