@@ -119,19 +119,21 @@ def train_step(ctx: StepContext, micro_batches: list[dict[str, torch.Tensor]]) -
     `skipped` is 1.0 when the loss or the gradient norm was not finite and no update was made."""
     ctx.optimizer.zero_grad(set_to_none=True)
     n = len(micro_batches)
-    sums = {"loss": 0.0, "mlm": 0.0, "cmrm": 0.0}
+    sums = None  # [loss, mlm, cmrm] summed on the device: no synchronisation per micro-batch
     for batch in micro_batches:
         with ctx.autocast():
             terms = ctx.forward(batch)
             loss = terms["mlm"] + ctx.cmrm_weight * terms["cmrm"]  # the total: L_mlm + lambda * L_cmrm
         ctx.scaler.scale(loss / n).backward()
-        sums["loss"] += loss.item() / n
-        sums["mlm"] += terms["mlm"].item() / n
-        sums["cmrm"] += terms["cmrm"].item() / n
+        part = torch.stack([loss.detach(), terms["mlm"].detach(), terms["cmrm"].detach()]).float() / n
+        sums = part if sums is None else sums + part
     ctx.scaler.unscale_(ctx.optimizer)
     max_norm = ctx.clip_norm if ctx.clip_norm > 0 else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(ctx.params, max_norm))
-    finite = math.isfinite(sums["loss"]) and math.isfinite(grad_norm)
+    norm = torch.nn.utils.clip_grad_norm_(ctx.params, max_norm)
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a replicated DTensor
+    # the step's one read from the device: the non-finite guard needs the loss and the norm
+    loss_v, mlm_v, cmrm_v, grad_norm = torch.cat([sums, norm.detach().float().reshape(1).to(sums.device)]).tolist()
+    finite = math.isfinite(loss_v) and math.isfinite(grad_norm)
     lr = ctx.optimizer.param_groups[0]["lr"]
     if finite:
         ctx.scaler.step(ctx.optimizer)
@@ -140,7 +142,8 @@ def train_step(ctx: StepContext, micro_batches: list[dict[str, torch.Tensor]]) -
         ctx.optimizer.zero_grad(set_to_none=True)
         if ctx.scaler.is_enabled():
             ctx.scaler.update(ctx.scaler.get_scale() / 2)
-    return {**sums, "grad_norm": grad_norm, "lr": lr, "skipped": 0.0 if finite else 1.0}
+    return {"loss": loss_v, "mlm": mlm_v, "cmrm": cmrm_v, "grad_norm": grad_norm, "lr": lr,
+            "skipped": 0.0 if finite else 1.0}
 
 
 @torch.no_grad()
