@@ -3,8 +3,8 @@
     ckbert pretrain --config configs/pretrain/demo.yaml [--out DIR] [--resume] [key.sub=value ...]
 
 Reading order: `PretrainForward` (one forward: both objectives' terms), `train_step` (the total
-loss, backward, clipping, the non-finite guard, the optimizer step), `evaluate`, then `run` (data,
-model, loop, logging, checkpoints). Precision (autocast, gradient scaler) is applied here from
+loss, backward, clipping, the non-finite guard, the optimizer step), `evaluate`, then `PretrainRun`
+(build, restore, the step loop, held-out evaluation, checkpoints) and `run`, which strings them. Precision (autocast, gradient scaler) is applied here from
 outside the model; process groups and DDP/FSDP2 wrapping belong to `ckbert.parallel` (issue 5),
 which `wrap_for_world` calls when more than one process runs.
 """
@@ -333,247 +333,280 @@ def say(world: World, message: str) -> None:
 
 
 # ---- the run -----------------------------------------------------------------------------------
-def run(cfg: PretrainConfig, resume: bool = False, world: World | None = None) -> dict[str, Any]:
-    """Train as `cfg` says; returns a summary (steps, last losses, eval losses, paths)."""
-    from ckbert.data_prep.dataset import open_prepared
+class PretrainRun:
+    """One pretraining run, in the order it happens: `__init__` builds it (data, collators, model,
+    optimizer, schedule, held-out sets), `restore` resumes a checkpoint, `train` is the step loop,
+    `evaluate_heldout` and `save` are what the loop calls on its schedule."""
 
-    world = world or World.from_env()
-    out = Path(cfg.out)
-    resume_from = ckpt_io.latest_checkpoint(out) if resume else None
-    if resume and resume_from is None:
-        raise UserError("--resume: no checkpoint found", path=out / "checkpoints")
-    if not resume and (out / "checkpoints" / "latest").exists():
-        raise UserError("output folder already holds checkpoints: pass --resume or choose another --out", path=out)
-    state = ckpt_io.load_trainer_state(resume_from) if resume_from else None
+    def __init__(self, cfg: PretrainConfig, resume: bool, world: World):
+        from ckbert.data_prep.dataset import open_prepared
 
-    device = pick_device(cfg.train.device, world)
-    autocast = autocast_factory(cfg.train.precision, device)  # checks the precision before any work
-    manifest, dataset, kg, tokenizer = open_prepared(cfg.data.prepared)
-    if state is not None and state["tokenizer_fingerprint"] != manifest["tokenizer"]["fingerprint"]:
-        raise UserError("the prepared dataset's tokenizer differs from the one this checkpoint was trained with",
-                        path=cfg.data.prepared)
-    n_train = heldout_start(len(dataset), cfg.data.eval_rows)
-    n_eval = len(dataset) - n_train
-    if n_train // world.size < cfg.train.batch_size:
-        raise UserError(f"{n_train} training rows are fewer than one batch of {cfg.train.batch_size} per rank",
-                        path=cfg.data.prepared)
-    max_length = cfg.data.max_length or int(manifest["seq_len"]) + 2
-    collator = PretrainCollator(tokenizer, manifest, kg if cfg.cmrm.enabled else None, cfg.masking, cfg.cmrm,
-                                max_length, cfg.seed, cfg.data.pad_to_multiple_of)
-    say(world, f"[pretrain] {len(dataset)} rows ({n_train} train, {n_eval} held out), masking mode "
-               f"{manifest['masking_mode']}, CMRM {'on' if cfg.cmrm.enabled else 'off'}")
+        self.cfg, self.world = cfg, world
+        self.out = out = Path(cfg.out)
+        self.resume_from = ckpt_io.latest_checkpoint(out) if resume else None
+        if resume and self.resume_from is None:
+            raise UserError("--resume: no checkpoint found", path=out / "checkpoints")
+        if not resume and (out / "checkpoints" / "latest").exists():
+            raise UserError("output folder already holds checkpoints: pass --resume or choose another --out", path=out)
+        self.state = ckpt_io.load_trainer_state(self.resume_from) if self.resume_from else None
 
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model, mcfg = build_model(cfg, tokenizer, state)
-    if mcfg.vocab_size < len(tokenizer):
-        raise UserError(f"model vocab_size {mcfg.vocab_size} < tokenizer size {len(tokenizer)}")
-    unigram = heldout.unigram_log_probs(dataset, n_train, mcfg.vocab_size)  # baseline of every eval
-    if cfg.train.unigram_decoder_bias and state is None and not cfg.init_from:
-        with torch.no_grad():
-            model.decoder_bias.copy_(unigram)
-    if cfg.train.dropout is not None:
-        model.set_dropout(cfg.train.dropout)
-    model.to(device)
-    forward = wrap_for_world(
-        PretrainForward(model, cfg.cmrm.enabled, cfg.cmrm.temperature, cfg.cmrm.in_batch_negatives), world, cfg)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim.warmup_ratio, cfg.train.max_steps,
-                                60.0 * cfg.train.max_minutes, cfg.train.max_tokens)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
-    ctx = StepContext(forward, optimizer, scaler, autocast, cfg.cmrm.weight, cfg.optim.clip_norm,
-                      [p for p in model.parameters() if p.requires_grad])
-    say(world, f"[pretrain] model {mcfg.num_hidden_layers}x{mcfg.hidden_size} ({mcfg.layout}), "
-               f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}, "
-               f"precision {cfg.train.precision}, kernels {model.backend}, optimizer {cfg.optim.name}")
-    global_micro = cfg.train.batch_size * world.size  # rows per micro-step, all ranks together
-    say(world, f"[pretrain] world size {world.size}, strategy {cfg.parallel.strategy}: global batch "
-               f"{global_micro * cfg.train.grad_accum} = micro-batch {cfg.train.batch_size} x accumulation "
-               f"{cfg.train.grad_accum} x world {world.size}"
-               + (f", ramped up from one micro-batch over {cfg.train.batch_ramp:.0%} of the budget"
-                  if cfg.train.batch_ramp else ""))
-    from ckbert.parallel import DistEnv, all_reduce_sum  # scale-out (docs/distributed.md)
-    from ckbert.plan import mfu
-    from ckbert.plan import peak_flops as gpu_peak_flops
+        self.device = device = pick_device(cfg.train.device, world)
+        self.autocast = autocast_factory(cfg.train.precision, device)  # checks the precision before any work
+        self.manifest, self.dataset, kg, self.tokenizer = open_prepared(cfg.data.prepared)
+        if self.state is not None and self.state["tokenizer_fingerprint"] != self.manifest["tokenizer"]["fingerprint"]:
+            raise UserError("the prepared dataset's tokenizer differs from the one this checkpoint was trained with",
+                            path=cfg.data.prepared)
+        self.n_train = heldout_start(len(self.dataset), cfg.data.eval_rows)
+        if self.n_train // world.size < cfg.train.batch_size:
+            raise UserError(f"{self.n_train} training rows are fewer than one batch of {cfg.train.batch_size} "
+                            "per rank", path=cfg.data.prepared)
+        max_length = cfg.data.max_length or int(self.manifest["seq_len"]) + 2
+        self.collator = PretrainCollator(self.tokenizer, self.manifest, kg if cfg.cmrm.enabled else None,
+                                         cfg.masking, cfg.cmrm, max_length, cfg.seed, cfg.data.pad_to_multiple_of)
+        say(world, f"[pretrain] {len(self.dataset)} rows ({self.n_train} train, {len(self.dataset) - self.n_train} "
+                   f"held out), masking mode {self.manifest['masking_mode']}, CMRM {'on' if cfg.cmrm.enabled else 'off'}")
+        self._build_model()
+        self.global_micro = cfg.train.batch_size * world.size  # rows per micro-step, all ranks together
+        say(world, f"[pretrain] world size {world.size}, strategy {cfg.parallel.strategy}: global batch "
+                   f"{self.global_micro * cfg.train.grad_accum} = micro-batch {cfg.train.batch_size} x accumulation "
+                   f"{cfg.train.grad_accum} x world {world.size}"
+                   + (f", ramped up from one micro-batch over {cfg.train.batch_ramp:.0%} of the budget"
+                      if cfg.train.batch_ramp else ""))
+        self.eval_sets = self._heldout_sets(max_length)
+        self.step, self.epoch, self.pos = 0, 0, 0
+        self.last: dict[str, float] = {}
+        self.last_eval: dict[str, float] = {}
+        self.warned_collapse = False
 
-    peak_flops = gpu_peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    def _build_model(self) -> None:
+        from ckbert.parallel import DistEnv
+        from ckbert.plan import peak_flops
 
-    env = DistEnv(world.rank, world.size, world.local_rank, device)
-    sharded = cfg.parallel.strategy == "fsdp"
+        cfg, world = self.cfg, self.world
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        self.model, self.mcfg = model, mcfg = build_model(cfg, self.tokenizer, self.state)
+        if mcfg.vocab_size < len(self.tokenizer):
+            raise UserError(f"model vocab_size {mcfg.vocab_size} < tokenizer size {len(self.tokenizer)}")
+        self.unigram = heldout.unigram_log_probs(self.dataset, self.n_train, mcfg.vocab_size)  # every eval's baseline
+        if cfg.train.unigram_decoder_bias and self.state is None and not cfg.init_from:
+            with torch.no_grad():
+                model.decoder_bias.copy_(self.unigram)
+        if cfg.train.dropout is not None:
+            model.set_dropout(cfg.train.dropout)
+        model.to(self.device)
+        self.forward = wrap_for_world(
+            PretrainForward(model, cfg.cmrm.enabled, cfg.cmrm.temperature, cfg.cmrm.in_batch_negatives), world, cfg)
+        self.optimizer = build_optimizer(model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim.warmup_ratio, cfg.train.max_steps,
+                                         60.0 * cfg.train.max_minutes, cfg.train.max_tokens)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
+        self.ctx = StepContext(self.forward, self.optimizer, scaler, self.autocast, cfg.cmrm.weight,
+                               cfg.optim.clip_norm, [p for p in model.parameters() if p.requires_grad])
+        say(world, f"[pretrain] model {mcfg.num_hidden_layers}x{mcfg.hidden_size} ({mcfg.layout}), "
+                   f"{sum(p.numel() for p in model.parameters()):,} parameters, device {self.device}, "
+                   f"precision {cfg.train.precision}, kernels {model.backend}, optimizer {cfg.optim.name}")
+        self.peak_flops = peak_flops(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
+        self.env = DistEnv(world.rank, world.size, world.local_rank, self.device)
+        self.sharded = cfg.parallel.strategy == "fsdp"
 
-    step, epoch, pos = 0, 0, 0
-    if resume_from is not None and (resume_from / "sharded").is_dir():
-        from ckbert.dist_checkpoint import load_sharded
+    def _heldout_sets(self, max_length: int) -> dict[str, list[dict[str, torch.Tensor]]]:
+        """Held-out rows, twice: with the objective's masks (and CMRM samples) and with random-token
+        masks; plus the first rows for the collapse signal."""
+        cfg = self.cfg
+        rand = PretrainCollator(self.tokenizer, self.manifest, None, heldout.RANDOM_TOKEN_EVAL,
+                                dataclasses.replace(cfg.cmrm, enabled=False), max_length, cfg.seed,
+                                cfg.data.pad_to_multiple_of)
+        self.eval_keys = keys = [(0, r) for r in range(self.n_train, len(self.dataset))]
+        rows = KeyedRows(self.dataset)
+        bs = cfg.train.batch_size
+        sets = {name: [to_device(col(rows.__getitems__(keys[i : i + bs])), self.device)
+                       for i in range(0, len(keys), bs)]
+                for name, col in (("eval", self.collator), ("eval_rand", rand))}
+        sets["eval_cosine"] = [to_device(rand(rows.__getitems__(keys[: heldout.COSINE_ROWS])), self.device)]
+        return sets
 
-        load_sharded(resume_from, model, optimizer, env)  # any saved world size; RNG of this rank
-        scheduler.load_state_dict(state["scheduler"])
-    elif resume_from is not None:
-        model.load_state_dict(ckpt_io.load_model_state(resume_from))
-        optimizer.load_state_dict(ckpt_io.load_torch_file(resume_from, "optimizer.pt"))
-        scheduler.load_state_dict(ckpt_io.load_torch_file(resume_from, "scheduler.pt"))
-        set_rng_state(ckpt_io.load_torch_file(resume_from, "rng.pt"))
-    if resume_from is not None:
+    def restore(self) -> None:
+        """Weights, optimizer, schedule (its clock), RNG and the data position of the checkpoint."""
+        state, ckpt = self.state, self.resume_from
+        if ckpt is None:
+            if self.world.is_main:
+                self.out.mkdir(parents=True, exist_ok=True)
+                self.tokenizer.save_pretrained(str(self.out / "tokenizer"))  # export reads it from here
+            return
+        if (ckpt / "sharded").is_dir():
+            from ckbert.dist_checkpoint import load_sharded
+
+            load_sharded(ckpt, self.model, self.optimizer, self.env)  # any saved world size; RNG of this rank
+            self.scheduler.load_state_dict(state["scheduler"])
+        else:
+            self.model.load_state_dict(ckpt_io.load_model_state(ckpt))
+            self.optimizer.load_state_dict(ckpt_io.load_torch_file(ckpt, "optimizer.pt"))
+            self.scheduler.load_state_dict(ckpt_io.load_torch_file(ckpt, "scheduler.pt"))
+            set_rng_state(ckpt_io.load_torch_file(ckpt, "rng.pt"))
         # The data position is kept in samples, so a run may resume on another world size.
-        done = state.get("samples_in_epoch", state["batch_in_epoch"] * global_micro)
-        if done % global_micro:
+        done = state.get("samples_in_epoch", state["batch_in_epoch"] * self.global_micro)
+        if done % self.global_micro:
             raise UserError(f"the checkpoint is {done} rows into epoch {state['epoch']}, not a whole number of "
-                            f"global micro-batches of {global_micro} (batch_size x world size)", path=resume_from)
-        step, epoch, pos = state["step"], state["epoch"], done // global_micro
-        say(world, f"[pretrain] resumed from {resume_from} at step {step} (epoch {epoch}, batch {pos})")
-    elif world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        tokenizer.save_pretrained(str(out / "tokenizer"))  # export reads it from here
+                            f"global micro-batches of {self.global_micro} (batch_size x world size)", path=ckpt)
+        self.step, self.epoch, self.pos = state["step"], state["epoch"], done // self.global_micro
+        say(self.world, f"[pretrain] resumed from {ckpt} at step {self.step} (epoch {self.epoch}, batch {self.pos})")
 
-    # Held-out rows, twice: with the objective's masks (and CMRM samples), and with random-token masks.
-    rand_collator = PretrainCollator(tokenizer, manifest, None, heldout.RANDOM_TOKEN_EVAL,
-                                     dataclasses.replace(cfg.cmrm, enabled=False), max_length, cfg.seed,
-                                     cfg.data.pad_to_multiple_of)
-    eval_keys = [(0, r) for r in range(n_train, len(dataset))]
-    eval_rows = KeyedRows(dataset)
-    eval_sets = {name: [to_device(col(eval_rows.__getitems__(eval_keys[i : i + cfg.train.batch_size])), device)
-                        for i in range(0, len(eval_keys), cfg.train.batch_size)]
-                 for name, col in (("eval", collator), ("eval_rand", rand_collator))}
-    eval_sets["eval_cosine"] = [to_device(rand_collator(eval_rows.__getitems__(eval_keys[: heldout.COSINE_ROWS])),
-                                          device)]
-    log = MetricsLog(out, world.is_main, resume, step)
-
-    def save(reason: str) -> None:
-        if not world.is_main and not sharded:  # a sharded checkpoint is written by every rank
+    def save(self, reason: str) -> None:
+        world = self.world
+        if not world.is_main and not self.sharded:  # a sharded checkpoint is written by every rank
             return
         trainer_state = {
-            "step": step, "epoch": epoch, "batch_in_epoch": pos, "reason": reason,
-            "samples_in_epoch": pos * global_micro, "world_size": world.size,
-            "config": to_dict(cfg), "model_config": to_dict(mcfg),
-            "tokenizer_fingerprint": manifest["tokenizer"]["fingerprint"],
-            "kg_fingerprint": manifest["kg"]["fingerprint"], "masking_mode": manifest["masking_mode"],
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.pos, "reason": reason,
+            "samples_in_epoch": self.pos * self.global_micro, "world_size": world.size,
+            "config": to_dict(self.cfg), "model_config": to_dict(self.mcfg),
+            "tokenizer_fingerprint": self.manifest["tokenizer"]["fingerprint"],
+            "kg_fingerprint": self.manifest["kg"]["fingerprint"], "masking_mode": self.manifest["masking_mode"],
             "tokenizer_dir": "../../tokenizer",
             # measured numbers for the model card (ckbert export): the last logged step and eval
-            "metrics": {**{f"train_{k}": round(v, 4) for k, v in last.items() if k in ("loss", "mlm", "cmrm")},
-                        **{k: round(v, 4) for k, v in last_eval.items()}},
+            "metrics": {**{f"train_{k}": round(v, 4) for k, v in self.last.items() if k in ("loss", "mlm", "cmrm")},
+                        **{k: round(v, 4) for k, v in self.last_eval.items()}},
         }
-        if sharded:
+        keep = self.cfg.train.keep_checkpoints
+        if self.sharded:
             from ckbert.dist_checkpoint import save_sharded
 
-            path = save_sharded(out / "checkpoints", step, model, optimizer,
-                                {**trainer_state, "scheduler": scheduler.state_dict()}, env,
-                                keep=cfg.train.keep_checkpoints)
+            path = save_sharded(self.out / "checkpoints", self.step, self.model, self.optimizer,
+                                {**trainer_state, "scheduler": self.scheduler.state_dict()}, self.env, keep=keep)
         else:
-            path = ckpt_io.save_checkpoint(out, step, ckpt_io.model_state_for_saving(model),
-                                           optimizer.state_dict(), scheduler.state_dict(), rng_state(),
-                                           trainer_state, keep=cfg.train.keep_checkpoints)
+            path = ckpt_io.save_checkpoint(self.out, self.step, ckpt_io.model_state_for_saving(self.model),
+                                           self.optimizer.state_dict(), self.scheduler.state_dict(), rng_state(),
+                                           trainer_state, keep=keep)
         say(world, f"[pretrain] checkpoint {path}")
 
-    last_eval: dict[str, float] = {}
-    warned_collapse = False
+    def evaluate_heldout(self) -> None:
+        self.last_eval = r = evaluate(self.forward, self.eval_sets, self.unigram, self.autocast)
+        self.log.write({"step": self.step, "tokens": self.scheduler.tokens, "elapsed_s": self.scheduler.elapsed_s, **r})
+        say(self.world, describe_eval(self.step, r))
+        if (not self.warned_collapse and r["eval_cosine"] > heldout.COLLAPSE_COSINE
+                and self.scheduler.progress() >= self.cfg.optim.warmup_ratio):
+            self.warned_collapse = True
+            say(self.world, f"[pretrain] warning: last-layer states are nearly one vector (mean cosine between "
+                            f"positions {r['eval_cosine']:.2f} > {heldout.COLLAPSE_COSINE}): the model has "
+                            "collapsed to the unigram plateau, and CMRM gets almost no gradient")
 
-    def run_eval() -> None:
-        nonlocal last_eval, warned_collapse
-        last_eval = evaluate(forward, eval_sets, unigram, autocast)
-        log.write({"step": step, "tokens": scheduler.tokens, "elapsed_s": scheduler.elapsed_s, **last_eval})
-        say(world, describe_eval(step, last_eval))
-        if (not warned_collapse and last_eval["eval_cosine"] > heldout.COLLAPSE_COSINE
-                and scheduler.progress() >= cfg.optim.warmup_ratio):
-            warned_collapse = True
-            say(world, f"[pretrain] warning: last-layer states are nearly one vector (mean cosine between "
-                       f"positions {last_eval['eval_cosine']:.2f} > {heldout.COLLAPSE_COSINE}): the model has "
-                       "collapsed to the unigram plateau, and CMRM gets almost no gradient")
+    def _log_window(self, window: list[dict[str, float]], tokens: int, seconds: float, cmrm_counts: np.ndarray,
+                    skipped_total: int, lr: float) -> None:
+        from ckbert.parallel import all_reduce_sum
+        from ckbert.plan import mfu
 
-    if step == 0 and eval_keys:
-        run_eval()
+        record: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
+        for key in ("loss", "mlm", "cmrm", "grad_norm"):
+            record[key] = sum(m[key] for m in window) / len(window)
+        record["lr"] = lr
+        # job-wide: every rank's tokens of the window (docs/distributed.md, "Logging")
+        tokens_job = int(all_reduce_sum(torch.tensor([tokens], device=self.device), self.env).item())
+        record["tokens_per_s"] = tokens_job / max(seconds, 1e-9)
+        if self.peak_flops:
+            record["mfu"] = mfu(record["tokens_per_s"], self.mcfg, self.collator.max_length, self.world.size,
+                                self.peak_flops)
+        record.update({f"cmrm_{k}": int(v) for k, v in zip(CMRM_STAT_KEYS, cmrm_counts, strict=False)})
+        record["skipped_steps"] = skipped_total
+        record["elapsed_s"] = self.scheduler.elapsed_s
+        record["tokens"] = self.scheduler.tokens
+        self.log.write(record)
+        if self.bar is None:
+            say(self.world, f"[pretrain] step {self.step}/{self.cfg.train.max_steps} loss {record['loss']:.4f} "
+                            f"(mlm {record['mlm']:.4f}, cmrm {record['cmrm']:.4f}) lr {record['lr']:.2e} "
+                            f"{record['tokens_per_s']:.0f} tok/s")
 
-    bar = None
-    if world.is_main and sys.stderr.isatty():
-        from tqdm import tqdm
+    def train(self) -> dict[str, Any]:
+        """The step loop: batches in the epoch order, a step every (ramped) grad_accum micro-batches,
+        the budget's clock, logging, held-out evaluation and checkpoints on their schedules."""
+        from ckbert.parallel import all_reduce_sum
 
-        bar = tqdm(total=cfg.train.max_steps, initial=step, desc="pretrain", dynamic_ncols=True)
-    t_window, tokens_window = time.perf_counter(), 0
-    t_last, tokens_step = time.perf_counter(), 0
-    budgets_shared = world.size > 1 and (cfg.train.max_minutes > 0 or cfg.train.max_tokens > 0)
-    window: list[dict[str, float]] = []
-    cmrm_counts = np.zeros(len(CMRM_STAT_KEYS), dtype=np.int64)
-    bad_in_a_row = skipped_total = 0
-    loader_gen = torch.Generator().manual_seed(cfg.seed)  # keeps the DataLoader off the global RNG
-    micro: list[dict[str, torch.Tensor]] = []
-    last: dict[str, float] = {}
-    stop = scheduler.done()
-    forward.train()
-    while not stop:
-        batches = epoch_batches(n_train, cfg.train.batch_size, cfg.seed, epoch, world)
-        loader = torch.utils.data.DataLoader(KeyedRows(dataset), batch_sampler=batches[pos:], collate_fn=collator,
-                                             num_workers=cfg.data.num_workers, generator=loader_gen,
-                                             pin_memory=device.type == "cuda")
-        for batch in loader:
-            pos += 1
-            n_tokens = int(batch["attention_mask"].sum())
-            tokens_window += n_tokens
-            tokens_step += n_tokens
-            cmrm_counts += batch.pop("cmrm_stats").numpy()
-            batch.pop("mlm_sources")
-            micro.append(to_device(batch, device))
-            if len(micro) < ramped_accum(cfg.train.grad_accum, cfg.train.batch_ramp, scheduler.progress()):
-                continue
-            metrics = train_step(ctx, micro)
-            micro = []
-            if metrics["skipped"]:
-                bad_in_a_row += 1
-                skipped_total += 1
-                say(world, f"[pretrain] step {step + 1}: non-finite loss or gradient, update skipped "
-                           f"({bad_in_a_row} in a row)")
-                if bad_in_a_row >= cfg.train.max_bad_steps:
-                    log.close()
-                    raise UserError(f"{bad_in_a_row} non-finite steps in a row at step {step + 1}; "
-                                       "lower optim.lr or use bf16/fp32")
-                continue
-            bad_in_a_row = 0
-            step += 1
-            now = time.perf_counter()  # a skipped step's time and tokens are charged to the next one
-            spent = torch.tensor([now - t_last, float(tokens_step)])
-            t_last, tokens_step = now, 0
-            if budgets_shared:  # every rank must see the same progress, hence the same lr
-                spent = all_reduce_sum(spent.to(device), env).cpu() / torch.tensor([world.size, 1.0])
-            scheduler.advance(float(spent[0]), int(spent[1]))
-            stop = scheduler.done()
-            last = metrics
-            window.append(metrics)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}", mlm=f"{metrics['mlm']:.3f}")
-            if step % cfg.train.log_every == 0 or stop:
-                elapsed = time.perf_counter() - t_window
-                record = {"step": step, "epoch": epoch}
-                for key in ("loss", "mlm", "cmrm", "grad_norm"):
-                    record[key] = sum(m[key] for m in window) / len(window)
-                record["lr"] = metrics["lr"]
-                # job-wide: every rank's tokens of the window (docs/distributed.md, "Logging")
-                tokens_job = int(all_reduce_sum(torch.tensor([tokens_window], device=device), env).item())
-                record["tokens_per_s"] = tokens_job / max(elapsed, 1e-9)
-                if peak_flops:
-                    record["mfu"] = mfu(record["tokens_per_s"], mcfg, max_length, world.size, peak_flops)
-                record.update({f"cmrm_{k}": int(v) for k, v in zip(CMRM_STAT_KEYS, cmrm_counts, strict=False)})
-                record["skipped_steps"] = skipped_total
-                record["elapsed_s"] = scheduler.elapsed_s
-                record["tokens"] = scheduler.tokens
-                log.write(record)
-                if bar is None:
-                    say(world, f"[pretrain] step {step}/{cfg.train.max_steps} loss {record['loss']:.4f} "
-                               f"(mlm {record['mlm']:.4f}, cmrm {record['cmrm']:.4f}) lr {record['lr']:.2e} "
-                               f"{record['tokens_per_s']:.0f} tok/s")
-                window, tokens_window, t_window = [], 0, time.perf_counter()
-                cmrm_counts[:] = 0
-            if eval_keys and ((cfg.train.eval_every and step % cfg.train.eval_every == 0) or stop):
-                run_eval()
-            if (cfg.train.save_every and step % cfg.train.save_every == 0) or stop:
-                save("budget spent" if stop else "scheduled")
-            if stop:
-                if step < cfg.train.max_steps:
-                    say(world, f"[pretrain] stopping at step {step}: the time or token budget is spent "
-                               f"({scheduler.elapsed_s / 60:.1f} min, {scheduler.tokens:,} tokens)")
-                break
-        else:
-            epoch, pos = epoch + 1, 0
-    if bar is not None:
-        bar.close()
-    log.close()
-    return {"step": step, "last": last, "eval": last_eval, "out": str(out), "skipped_steps": skipped_total}
+        cfg, world, scheduler = self.cfg, self.world, self.scheduler
+        self.log = MetricsLog(self.out, world.is_main, self.resume_from is not None, self.step)
+        if self.step == 0 and self.eval_keys:
+            self.evaluate_heldout()
+        self.bar = None
+        if world.is_main and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=cfg.train.max_steps, initial=self.step, desc="pretrain", dynamic_ncols=True)
+        t_window, tokens_window = time.perf_counter(), 0
+        t_last, tokens_step = time.perf_counter(), 0
+        budgets_shared = world.size > 1 and (cfg.train.max_minutes > 0 or cfg.train.max_tokens > 0)
+        window: list[dict[str, float]] = []
+        cmrm_counts = np.zeros(len(CMRM_STAT_KEYS), dtype=np.int64)
+        bad_in_a_row = skipped_total = 0
+        loader_gen = torch.Generator().manual_seed(cfg.seed)  # keeps the DataLoader off the global RNG
+        micro: list[dict[str, torch.Tensor]] = []
+        stop = scheduler.done()
+        self.forward.train()
+        while not stop:
+            batches = epoch_batches(self.n_train, cfg.train.batch_size, cfg.seed, self.epoch, world)
+            loader = torch.utils.data.DataLoader(KeyedRows(self.dataset), batch_sampler=batches[self.pos:],
+                                                 collate_fn=self.collator, num_workers=cfg.data.num_workers,
+                                                 generator=loader_gen, pin_memory=self.device.type == "cuda")
+            for batch in loader:
+                self.pos += 1
+                n_tokens = int(batch["attention_mask"].sum())
+                tokens_window += n_tokens
+                tokens_step += n_tokens
+                cmrm_counts += batch.pop("cmrm_stats").numpy()
+                batch.pop("mlm_sources")
+                micro.append(to_device(batch, self.device))
+                if len(micro) < ramped_accum(cfg.train.grad_accum, cfg.train.batch_ramp, scheduler.progress()):
+                    continue
+                metrics = train_step(self.ctx, micro)
+                micro = []
+                if metrics["skipped"]:
+                    bad_in_a_row += 1
+                    skipped_total += 1
+                    say(world, f"[pretrain] step {self.step + 1}: non-finite loss or gradient, update skipped "
+                               f"({bad_in_a_row} in a row)")
+                    if bad_in_a_row >= cfg.train.max_bad_steps:
+                        self.log.close()
+                        raise UserError(f"{bad_in_a_row} non-finite steps in a row at step {self.step + 1}; "
+                                        "lower optim.lr or use bf16/fp32")
+                    continue
+                bad_in_a_row = 0
+                self.step += 1
+                now = time.perf_counter()  # a skipped step's time and tokens are charged to the next one
+                spent = torch.tensor([now - t_last, float(tokens_step)])
+                t_last, tokens_step = now, 0
+                if budgets_shared:  # every rank must see the same progress, hence the same lr
+                    spent = all_reduce_sum(spent.to(self.device), self.env).cpu() / torch.tensor([world.size, 1.0])
+                scheduler.advance(float(spent[0]), int(spent[1]))
+                stop = scheduler.done()
+                self.last = metrics
+                window.append(metrics)
+                if self.bar is not None:
+                    self.bar.update(1)
+                    self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", mlm=f"{metrics['mlm']:.3f}")
+                if self.step % cfg.train.log_every == 0 or stop:
+                    self._log_window(window, tokens_window, time.perf_counter() - t_window, cmrm_counts,
+                                     skipped_total, metrics["lr"])
+                    window, tokens_window, t_window = [], 0, time.perf_counter()
+                    cmrm_counts[:] = 0
+                if self.eval_keys and ((cfg.train.eval_every and self.step % cfg.train.eval_every == 0) or stop):
+                    self.evaluate_heldout()
+                if (cfg.train.save_every and self.step % cfg.train.save_every == 0) or stop:
+                    self.save("budget spent" if stop else "scheduled")
+                if stop:
+                    if self.step < cfg.train.max_steps:
+                        say(world, f"[pretrain] stopping at step {self.step}: the time or token budget is spent "
+                                   f"({scheduler.elapsed_s / 60:.1f} min, {scheduler.tokens:,} tokens)")
+                    break
+            else:
+                self.epoch, self.pos = self.epoch + 1, 0
+        if self.bar is not None:
+            self.bar.close()
+        self.log.close()
+        return {"step": self.step, "last": self.last, "eval": self.last_eval, "out": str(self.out),
+                "skipped_steps": skipped_total}
+
+
+def run(cfg: PretrainConfig, resume: bool = False, world: World | None = None) -> dict[str, Any]:
+    """Train as `cfg` says; returns a summary (steps, last losses, eval losses, paths)."""
+    job = PretrainRun(cfg, resume, world or World.from_env())
+    job.restore()
+    return job.train()
 
 
 def main(argv: list[str]) -> int:
