@@ -65,20 +65,29 @@ ARMS: dict[str, tuple[str, dict[str, Any] | None]] = {
                                                             "set": ["cmrm.pool=tail"]}),
     "d_unmasked": ("LMLM + CMRM, mentions never masked", {"strategy": "lmlm", "cmrm": True,
                                                          "set": ["cmrm.anchor=unmasked"]}),
+    # the probe's control shows arm d ranking typical positive texts first whatever the mention: with
+    # the other mentions' samples as negatives, only the mention can tell its own positive apart
+    "d_inbatch_tail": ("LMLM + CMRM, in-batch negatives, tail pooling",
+                       {"strategy": "lmlm", "cmrm": True, "set": ["cmrm.in_batch_negatives=true", "cmrm.pool=tail"]}),
 }
 REL_GROUPS = {"held_out_hop": "held_out, vs hop 2-3", "held_out_random": "held_out, vs random",
-              "seen_hop": "seen, vs hop 2-3", "seen_random": "seen, vs random"}
+              "seen_hop": "seen, vs hop 2-3", "seen_random": "seen, vs random",
+              "held_out_hop_control": "held_out, vs hop 2-3, control: another mention's anchor",
+              "seen_hop_control": "seen, vs hop 2-3, control: another mention's anchor"}
 
 # (key in a run's result, column title, higher is better); the differences table compares all but the last
 METRICS: list[tuple[str, str, bool]] = [
     ("heldout_mlm", "held-out MLM loss, random-token masks", False),
     ("heldout_top1", "held-out top-1, random-token masks (%)", True),
     ("heldout_mlm_lmlm", "held-out MLM loss, LMLM masks", False),
+    ("rel_held_out_hop_specific", "relation probe, held-out heads vs hop 2-3: acc@1 minus control (points)", True),
+    ("rel_seen_hop_specific", "relation probe, seen heads vs hop 2-3: acc@1 minus control (points)", True),
     ("rel_held_out_hop_acc", "relation probe, held-out heads vs hop 2-3: acc@1 (%)", True),
     ("rel_held_out_hop_mrr", "relation probe, held-out heads vs hop 2-3: MRR", True),
     ("rel_held_out_random_acc", "relation probe, held-out heads vs random: acc@1 (%)", True),
     ("rel_seen_hop_acc", "relation probe, seen heads vs hop 2-3: acc@1 (%)", True),
     ("rel_seen_random_acc", "relation probe, seen heads vs random: acc@1 (%)", True),
+    ("rel_held_out_hop_control_acc", "relation probe control (another mention's anchor), held-out: acc@1 (%)", False),
     ("cloze_seen_acc", "cloze probe, seen heads: acc@1 (%)", True),
     ("cloze_held_out_acc", "cloze probe, held-out heads: acc@1 (%)", True),
     ("ner_f1", "PD NER test F1 (%)", True),
@@ -211,8 +220,8 @@ def probe_scores(hf_dir: Path, out: Path, s: Settings) -> dict[str, float]:
     _, dataset, _, tok = open_prepared(s.prepared)
     rel = [rp.RelationItem(**d) for d in json.loads((out / "relation_items.json").read_text(encoding="utf-8"))]
     scores = rp.score_items(model, tok, dataset, rel, CMRMConfig(**rp.recorded_cmrm(model.config)))
-    groups = [f"{it.group}, vs {key}" for key in rp.NEGATIVE_SETS for it in rel]
-    report = summarise(groups, [row for key in rp.NEGATIVE_SETS for row in scores[key]])
+    groups = [f"{it.group}, vs {key}" for key in scores for it in rel]
+    report = summarise(groups, [row for key in scores for row in scores[key]])
     for short, group in REL_GROUPS.items():
         r = report.get(group)
         if r is None:  # no item of that group (tiny smoke data)
@@ -220,6 +229,9 @@ def probe_scores(hf_dir: Path, out: Path, s: Settings) -> dict[str, float]:
         res.update({f"rel_{short}_acc": r["accuracy@1"], f"rel_{short}_mrr": r["mrr"],
                     f"rel_{short}_chance_acc": r["chance_accuracy@1"], f"rel_{short}_chance_mrr": r["chance_mrr"],
                     f"rel_{short}_items": r["triples"]})
+    for group in ("held_out", "seen"):  # what the mention adds: the ranking minus the control's
+        if f"rel_{group}_hop_acc" in res and f"rel_{group}_hop_control_acc" in res:
+            res[f"rel_{group}_hop_specific"] = res[f"rel_{group}_hop_acc"] - res[f"rel_{group}_hop_control_acc"]
     return res
 
 

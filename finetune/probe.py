@@ -346,8 +346,8 @@ def run_relation(model: Any, args: argparse.Namespace, stats: dict[str, int], re
         raise UserError("no relation probe items: the held-out rows link no entity with neighbours",
                         path=args.prepared)
     scores = rp.score_items(model, tokenizer, dataset, items, cmrm, args.batch_size)
-    groups = [f"{it.group}, vs {key}" for key in rp.NEGATIVE_SETS for it in items]
+    groups = [f"{it.group}, vs {key}" for key in scores for it in items]
     record.update({"prepared": str(args.prepared), "eval_rows": len(dataset) - start, "heldout_share": share,
                    "per_mention": args.per_mention, "sample_chars": cmrm.sample_chars, "pool": cmrm.pool,
                    "mentions": len({(it.row, it.start) for it in items})})
-    return summarise(groups, [row for key in rp.NEGATIVE_SETS for row in scores[key]])
+    return summarise(groups, [row for key in scores for row in scores[key]])

@@ -12,6 +12,9 @@ by the cosine of the anchor and the sample's masked mean pool over the text or i
 model was trained (`cmrm.pool`; CMRM's score; the temperature does not change a ranking). A candidate whose text equals an earlier one (long names cut to
 `sample_chars`) is dropped and counted; a tie counts against the true text.
 
+Each ranking is also made with the anchor of another mention (of another head), the control: it
+is at chance unless the model scores candidate texts without regard to the mention.
+
 Items are grouped `seen` / `held_out` by the head entity: `held_out` heads are the share of KG
 entities that CMRM never used (`cmrm.heldout_heads`, a fixed function of the name,
 `ckbert.data_prep.kg_store.heldout_entity`; read from the model's config.json key `ckbert_cmrm`
@@ -33,6 +36,10 @@ from ckbert.objectives import masked_mean_pool, mention_anchors
 from ckbert.train_config import CMRMConfig
 
 NEGATIVE_SETS = ("hop 2-3", "random")
+# The control: the same candidate texts scored against another mention's anchor (another head). A
+# model that ranks the true text first without relating it to the mention (say, it learned which
+# tails are typical positives) scores as well here; one that relates them falls to chance.
+CONTROL = ", control: another mention's anchor"
 
 
 @dataclass
@@ -140,13 +147,27 @@ def score_items(model: Any, tokenizer: Any, dataset: Any, items: list[RelationIt
                            for x in tokenize_samples(tokenizer, chunk, [prefix[t] for t in chunk], cmrm))
         out = masked_mean_pool(encoder(input_ids=ids, attention_mask=mask).last_hidden_state, pool).float().cpu()
         pooled.update(zip(chunk, out, strict=True))
-    scores: dict[str, list[list[float]]] = {key: [] for key in NEGATIVE_SETS}
-    for it in items:
+    scores: dict[str, list[list[float]]] = {key + suffix: [] for suffix in ("", CONTROL) for key in NEGATIVE_SETS}
+    for i, it in enumerate(items):
         a = torch.nn.functional.normalize(anchors[(it.row, it.start, it.end)], dim=0)
+        other = items[control_partner(items, i)]
+        c = torch.nn.functional.normalize(anchors[(other.row, other.start, other.end)], dim=0)
         for key in NEGATIVE_SETS:
             cand = torch.nn.functional.normalize(torch.stack([pooled[t] for t in it.texts[key]]), dim=1)
             scores[key].append((cand @ a).tolist())
+            scores[key + CONTROL].append((cand @ c).tolist())
     return scores
+
+
+def control_partner(items: list[RelationItem], i: int) -> int:
+    """The item whose anchor scores item i's texts in the control: half the list away, moved on to
+    the first item of another head (item i itself if every item has the same head)."""
+    n = len(items)
+    for step in range(n // 2 or 1, n // 2 + n):
+        j = (i + step) % n
+        if items[j].head != items[i].head:
+            return j
+    return i
 
 
 def recorded_cmrm(model_config: Any) -> dict[str, Any]:

@@ -53,8 +53,9 @@ def test_probe_cli_reports_seen_and_held_out_against_both_negative_sets(probed_r
                 "--eval-rows", "48", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["heldout_share"] == SHARE and report["k"] == 4
-    assert set(report["groups"]) == {"seen, vs hop 2-3", "seen, vs random", "held_out, vs hop 2-3",
-                                     "held_out, vs random"}
+    control = ", control: another mention's anchor"
+    assert set(report["groups"]) == {f"{g}, vs {k}{c}" for g in ("seen", "held_out") for k in ("hop 2-3", "random")
+                                     for c in ("", control)}
     for g in report["groups"].values():
         assert g["triples"] > 0 and 2 <= g["mean_candidates"] <= 5
         assert g["chance_accuracy@1"] >= 20.0 and 0.0 <= g["accuracy@1"] <= 100.0
@@ -80,6 +81,8 @@ def test_items_hold_true_neighbours_first_and_no_one_hop_negatives(prepared):
             assert len(set(texts)) == len(texts)
         assert not set(it.texts["hop 2-3"][1:]) & hop1  # hop-2..3 negatives are not 1-hop neighbours
     assert rp.build_items(ds, range(start, len(ds)), kg, CMRMConfig(), SHARE, 4, 2, 0, {}) == items  # seeded
+    partners = [rp.control_partner(items, i) for i in range(len(items))]
+    assert all(items[j].head != it.head for it, j in zip(items, partners, strict=True))  # another head's anchor
 
 
 def test_scores_are_cmrm_cosines_of_our_own_encoder(probed_run, prepared):
@@ -107,6 +110,12 @@ def test_scores_are_cmrm_cosines_of_our_own_encoder(probed_run, prepared):
                 hidden = ours.encode(enc["input_ids"], enc["attention_mask"])
                 cos = torch.nn.functional.cosine_similarity(anchor, masked_mean_pool(hidden, enc["attention_mask"]))
                 np.testing.assert_allclose(scores[key][n], cos.numpy(), atol=1e-4)
+                other = items[rp.control_partner(items, n)]
+                ids_o = torch.tensor([[tok.cls_token_id, *ds[other.row]["input_ids"], tok.sep_token_id]])
+                anchor_o = mention_anchors(ours.encode(ids_o, torch.ones_like(ids_o)), torch.tensor([0]),
+                                           torch.tensor([other.start + 1]), torch.tensor([other.end + 1]))
+                cos_o = torch.nn.functional.cosine_similarity(anchor_o, masked_mean_pool(hidden, enc["attention_mask"]))
+                np.testing.assert_allclose(scores[key + rp.CONTROL][n], cos_o.numpy(), atol=1e-4)
                 # pool "tail": the tokens after the name (CJK: one token per character), by hand
                 n_name = len(tok(kg.entity_name(it.head)[:16], add_special_tokens=False)["input_ids"])
                 tail_mask = enc["attention_mask"].clone()
