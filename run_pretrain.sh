@@ -87,4 +87,12 @@ gap = demo["eval_rand_unigram_mlm"] - demo["eval_rand_mlm"]
 if gap < 0.5:
     sys.exit(f"run_pretrain: the exported model is only {gap:.2f} nats below the unigram baseline")
 PYEOF
+# The relation probe (issue 12): a mention's anchor against "mention + true neighbour" and "mention +
+# hop-2..3 entity" texts, on the same held-out rows; the control scores the same texts against
+# another mention's anchor, so a ranking that ignores the mention shows as control = probe.
+stamp "relation probe on held-out rows (seen / held-out heads; control: another mention's anchor)"
+for m in "$STARTER" "$DEMO/model"; do
+  echo "$m:"
+  $CKBERT probe --kind relation --model "$m" --prepared "$DEMO/prepared" --eval-rows 256 | grep -v "^no_\|^merged"
+done
 stamp "done: model in $DEMO/model"
