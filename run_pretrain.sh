@@ -93,6 +93,6 @@ PYEOF
 stamp "relation probe on held-out rows (seen / held-out heads; control: another mention's anchor)"
 for m in "$STARTER" "$DEMO/model"; do
   echo "$m:"
-  $CKBERT probe --kind relation --model "$m" --prepared "$DEMO/prepared" --eval-rows 256 | grep -v "^no_\|^merged"
+  $CKBERT probe --kind relation --model "$m" --prepared "$DEMO/prepared" --eval-rows 256
 done
 stamp "done: model in $DEMO/model"
