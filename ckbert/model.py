@@ -100,7 +100,10 @@ class SelfAttention(nn.Module):
         Unpadded: x [T, H] (the real tokens), mask [B, 1, 1, L], index [T] (flat indices into B*L)
         -> context [T, H]; the linear layer runs on the T rows, only SDPA on the padded shape."""
         h = x.shape[-1]
-        # One matmul for q, k and v: concatenating the three [H, H] weights is cheap next to it.
+        # One matmul for q, k and v. Concatenating the three [H, H] weights per forward was measured
+        # (issue 13, 1 CPU thread): 0.05 ms against 21 ms for this linear's forward + backward at
+        # H 256, T 2048, and 0.6 ms against 76 ms at H 768, T 1024; under 1%, so the parameters
+        # keep their HF names and shapes instead of a fused copy to keep in sync.
         w = torch.cat([self.query.weight, self.key.weight, self.value.weight])
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
         qkv = linear(x, w, bias)  # [B, L, 3H] or [T, 3H]
