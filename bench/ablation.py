@@ -15,7 +15,9 @@ schedule (so what CMRM costs per step is charged to it), one torch thread per ru
 
 and variants of d with one CMRM setting changed: d_t0.5 / d_t0.05 (temperature; the recipe's is
 0.1), d_tail (samples pooled over the tail's tokens), d_unmasked (mentions never MLM targets, so
-the anchor sees them). `--finetune 0` skips fine-tuning (a quick screen).
+the anchor sees them), d_ib_tail (in-batch negatives, sample texts of the tail alone), d_ib_only
+(the same with no hop-2..3 negatives: the cheapest CMRM). `--finetune 0` skips fine-tuning (a
+quick screen).
 
 Seed s gives every arm the same batch order and masks draw. Each (arm, seed) is exported with
 `ckbert export`'s function and measured through plain transformers on rows no run trained on:
@@ -66,9 +68,13 @@ ARMS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "d_unmasked": ("LMLM + CMRM, mentions never masked", {"strategy": "lmlm", "cmrm": True,
                                                          "set": ["cmrm.anchor=unmasked"]}),
     # the probe's control shows arm d ranking typical positive texts first whatever the mention: with
-    # the other mentions' samples as negatives, only the mention can tell its own positive apart
-    "d_inbatch_tail": ("LMLM + CMRM, in-batch negatives, tail pooling",
-                       {"strategy": "lmlm", "cmrm": True, "set": ["cmrm.in_batch_negatives=true", "cmrm.pool=tail"]}),
+    # the other mentions' samples as negatives, and texts that do not start with the mention's name,
+    # only the mention can tell its own positive apart
+    "d_ib_tail": ("LMLM + CMRM, in-batch negatives, texts of the tail alone",
+                  {"strategy": "lmlm", "cmrm": True, "set": ["cmrm.in_batch_negatives=true", "cmrm.render=tail"]}),
+    "d_ib_only": ("LMLM + CMRM, in-batch negatives only (K = 0), texts of the tail alone",
+                  {"strategy": "lmlm", "cmrm": True,
+                   "set": ["cmrm.in_batch_negatives=true", "cmrm.render=tail", "cmrm.negatives=0"]}),
 }
 REL_GROUPS = {"held_out_hop": "held_out, vs hop 2-3", "held_out_random": "held_out, vs random",
               "seen_hop": "seen, vs hop 2-3", "seen_random": "seen, vs random",
@@ -204,10 +210,10 @@ def probe_scores(hf_dir: Path, out: Path, s: Settings) -> dict[str, float]:
     from transformers import AutoModelForMaskedLM
 
     from ckbert.data_prep.dataset import open_prepared
+    from ckbert.export import cmrm_of_export
     from ckbert.finetune import relation_probe as rp
     from ckbert.finetune.checkpoint import load_model, load_tokenizer
     from ckbert.finetune.probe import DEFAULT_TEMPLATE, ProbeItem, score_candidates, summarise
-    from ckbert.train_config import CMRMConfig
 
     model = load_model(AutoModelForMaskedLM, hf_dir)
     res: dict[str, float] = {}
@@ -217,9 +223,9 @@ def probe_scores(hf_dir: Path, out: Path, s: Settings) -> dict[str, float]:
     for group, r in report.items():
         res[f"cloze_{group}_acc"] = r["accuracy@1"]
         res[f"cloze_{group}_chance_acc"] = r["chance_accuracy@1"]
-    _, dataset, _, tok = open_prepared(s.prepared)
+    _, dataset, kg, tok = open_prepared(s.prepared)
     rel = [rp.RelationItem(**d) for d in json.loads((out / "relation_items.json").read_text(encoding="utf-8"))]
-    scores = rp.score_items(model, tok, dataset, rel, CMRMConfig(**rp.recorded_cmrm(model.config)))
+    scores = rp.score_items(model, tok, dataset, kg, rel, cmrm_of_export(model.config))
     groups = [f"{it.group}, vs {key}" for key in scores for it in rel]
     report = summarise(groups, [row for key in scores for row in scores[key]])
     for short, group in REL_GROUPS.items():

@@ -72,14 +72,18 @@ def _stochastic_round(x: float, rng: np.random.Generator) -> int:
 
 
 def sample_text(kg: KGStore, mention: str, rel: int | None, tail: int, cmrm: CMRMConfig) -> str:
-    """A CMRM sample: the mention's entity name, then (optionally) the relation, then the tail's
-    name, cut to `cmrm.sample_chars` characters (method.md, section 2). The relation probe renders
-    its candidates with this function too."""
+    """A CMRM sample: the mention's entity name (unless `cmrm.render` is "tail"), then (optionally)
+    the relation, then the tail's name, cut to `cmrm.sample_chars` characters (method.md, section 2).
+    The relation probe renders its candidates with this function too."""
+    text = mention if cmrm.render == "mention_tail" else ""
     if rel is not None and cmrm.relation_in_text:
-        text = mention + kg.relation_name(rel) + kg.entity_name(tail)
-    else:
-        text = mention + kg.entity_name(tail)
-    return text[: cmrm.sample_chars]
+        text += kg.relation_name(rel)
+    return (text + kg.entity_name(tail))[: cmrm.sample_chars]
+
+
+def name_chars(name: str, cmrm: CMRMConfig) -> int:
+    """Characters of the mention's name at the start of its sample texts (0 when rendered "tail")."""
+    return len(name) if cmrm.render == "mention_tail" else 0
 
 
 def tokenize_samples(tokenizer: Any, texts: list[str], prefix_chars: list[int], cmrm: CMRMConfig
@@ -316,10 +320,12 @@ class PretrainCollator:
         return None
 
     def _samples(self, mentions, rng, texts: dict[str, int], stats: dict[str, int],
-                 prefix: dict[str, int] | None = None):
-        """Per kept mention: [positive, K negatives] as indices into `texts` (-1 = missing);
-        `prefix` gets each text's name length in characters (where its tail starts)."""
+                 prefix: dict[str, int] | None = None, tails: dict[str, int] | None = None):
+        """Per kept mention (start, end, entity): [positive, K negatives] as indices into `texts`
+        (-1 = missing); `prefix` gets each text's name length in characters (where its tail
+        starts), `tails` the entity each text names (-1 for a description)."""
         prefix = {} if prefix is None else prefix
+        tails = {} if tails is None else tails
         k = self.cmrm.negatives
         if self.cmrm.heldout_heads > 0:  # before the cap, so held-out mentions leave room for others
             kept_out = [m for m in mentions if not self._heldout(m[2])]
@@ -333,15 +339,15 @@ class PretrainCollator:
             name = self.kg.entity_name(ent)
             desc = self.kg.description(ent)
             if desc:
-                pos_text = (name + desc)[: self.cmrm.sample_chars]
+                pos_text, pos_tail = (name[: name_chars(name, self.cmrm)] + desc)[: self.cmrm.sample_chars], -1
             else:
                 fact = self._positive_fact(ent, rng)
                 if fact is None:
                     stats["no_positive"] += 1
                     continue
-                pos_text = self._render(name, int(fact[0]), int(fact[1]))
-            negs = sample_negatives(self.kg, ent, k, rng, max_hop=self.cmrm.max_hop)
-            if len(negs) == 0:
+                pos_text, pos_tail = self._render(name, int(fact[0]), int(fact[1])), int(fact[1])
+            negs = sample_negatives(self.kg, ent, k, rng, max_hop=self.cmrm.max_hop) if k else []
+            if len(negs) == 0 and k:
                 stats["no_negative"] += 1
                 continue
             if len(negs) < k:
@@ -349,14 +355,16 @@ class PretrainCollator:
                 stats["missing_slots"] += k - len(negs)
             neg_texts = [self._render(name, None, int(t)) for t in negs]
             row = [texts.setdefault(t, len(texts)) for t in (pos_text, *neg_texts)]
-            for t in (pos_text, *neg_texts):
-                prefix.setdefault(t, len(name))
+            for t, tail in zip((pos_text, *neg_texts), (pos_tail, *negs), strict=True):
+                prefix.setdefault(t, name_chars(name, self.cmrm))
+                tails.setdefault(t, int(tail))
             slots.append(row + [-1] * (k - len(negs)))
-            kept.append((start, end))
+            kept.append((start, end, int(ent)))
         return kept, slots
 
     def _tokenize_samples(self, texts: list[str], slots: list[list[int]], stats: dict[str, int],
-                          prefix: dict[str, int]):
+                          prefix: dict[str, int], tails: dict[str, int] | None = None,
+                          ents: list[int] | None = None):
         """Tokenize the unique texts in one call, then merge texts that tokenize identically (e.g.
         names differing only in [UNK] characters): a negative identical to its positive, or to an
         earlier negative, is dropped and counted as a missing slot.
@@ -364,9 +372,14 @@ class PretrainCollator:
         A mention left without any negative would have a one-candidate softmax (loss 0, no
         gradient): it is dropped and counted as `no_negative`, not averaged into the loss.
 
+        With in-batch negatives every other text of the batch is a candidate too, except texts
+        naming a 1-hop neighbour of the mention's entity (`tails`, `ents`): another positive of the
+        same entity is no negative (sample_exclude [N', S] marks them).
+
         Returns sample_input_ids [S, Ls], sample_attention_mask [S, Ls], sample_pool_mask [S, Ls]
-        (the tokens the pool averages, `cmrm.pool`), sample_index [N', 1+K] and the kept mentions'
-        indices [N'] into `slots`."""
+        (the tokens the pool averages, `cmrm.pool`), sample_index [N', 1+K], sample_exclude
+        [N', S] (bool; all False without in-batch negatives) and the kept mentions' indices [N']
+        into `slots`."""
         ids, mask, pool = tokenize_samples(self.tok, texts, [prefix[t] for t in texts], self.cmrm)
         _, first, remap = np.unique(ids, axis=0, return_index=True, return_inverse=True)
         keep = np.sort(first)  # unique rows in first-seen order
@@ -376,6 +389,13 @@ class PretrainCollator:
         k = self.cmrm.negatives
         index = np.full((len(slots), 1 + k), -1, dtype=np.int64)
         kept = np.zeros(len(slots), dtype=bool)
+        exclude = np.zeros((len(slots), keep.size), dtype=bool)
+        in_batch = self.cmrm.in_batch_negatives
+        if in_batch:  # the entities each merged text names (texts that tokenize alike merged)
+            names: list[set[int]] = [set() for _ in range(keep.size)]
+            for old, text in enumerate(texts):
+                if tails[text] >= 0:
+                    names[to_new[old]].add(tails[text])
         for n, row in enumerate(slots):
             out = [int(to_new[row[0]])]
             for old in row[1:]:
@@ -388,30 +408,39 @@ class PretrainCollator:
                 if len([o for o in row[1:] if o >= 0]) == k:
                     stats["shortfall"] += 1
             index[n, : len(out)] = out
-            kept[n] = len(out) > 1
+            if in_batch:
+                hop1 = set(self.kg.neighbors(ents[n])[1].tolist()) | {ents[n]}
+                exclude[n] = [not named.isdisjoint(hop1) for named in names]
+                exclude[n, out[0]] = False
+                kept[n] = keep.size - int(exclude[n].sum()) > 1  # the positive and at least one other
+            else:
+                kept[n] = len(out) > 1
             if not kept[n]:
                 stats["no_negative"] += 1
                 stats["mentions"] -= 1
-        return ids[keep], mask[keep], pool[keep], torch.from_numpy(index[kept]), np.flatnonzero(kept)
+        return (ids[keep], mask[keep], pool[keep], torch.from_numpy(index[kept]), torch.from_numpy(exclude[kept]),
+                np.flatnonzero(kept))
 
     # ---- batch ------------------------------------------------------------------------------
     def __call__(self, items: list[tuple[int, int, dict[str, Any]]]) -> dict[str, torch.Tensor]:
         plans, corrupted = [], []
         texts: dict[str, int] = {}
         prefix: dict[str, int] = {}
+        tails: dict[str, int] = {}
         stats = dict.fromkeys(CMRM_STAT_KEYS, 0)
-        m_row, m_start, m_end, m_slots = [], [], [], []
+        m_row, m_start, m_end, m_ent, m_slots = [], [], [], [], []
         for b, (epoch, index, row) in enumerate(items):
             rng = row_rng(self.seed, epoch, index)
             plan = self._plan_row(row, rng)
             plans.append(plan)
             corrupted.append(self._corrupt(plan.ids, plan.target_pos, rng))
             if self.cmrm.enabled and plan.mentions:
-                kept, slots = self._samples(plan.mentions, rng, texts, stats, prefix)
+                kept, slots = self._samples(plan.mentions, rng, texts, stats, prefix, tails)
                 stats["mentions"] += len(kept)
                 m_row += [b] * len(kept)
-                m_start += [s + 1 for s, _ in kept]  # +1: [CLS]
-                m_end += [e + 1 for _, e in kept]
+                m_start += [s + 1 for s, _, _ in kept]  # +1: [CLS]
+                m_end += [e + 1 for _, e, _ in kept]
+                m_ent += [ent for _, _, ent in kept]
                 m_slots += slots
 
         bsz = len(items)
@@ -444,8 +473,8 @@ class PretrainCollator:
         batch["mention_end"] = torch.tensor(m_end, dtype=torch.long)
         batch["sample_index"] = torch.zeros((0, 1 + k), dtype=torch.long)
         if texts:
-            sample_ids, sample_mask, sample_pool, batch["sample_index"], kept = self._tokenize_samples(
-                list(texts), m_slots, stats, prefix)
+            sample_ids, sample_mask, sample_pool, batch["sample_index"], batch["sample_exclude"], kept = \
+                self._tokenize_samples(list(texts), m_slots, stats, prefix, tails, m_ent)
             for key in ("mention_index", "mention_start", "mention_end"):
                 batch[key] = batch[key][torch.from_numpy(kept)]
             batch["sample_input_ids"] = torch.from_numpy(sample_ids)
@@ -454,5 +483,6 @@ class PretrainCollator:
         else:
             for key in ("sample_input_ids", "sample_attention_mask", "sample_pool_mask"):
                 batch[key] = torch.zeros((0, 2), dtype=torch.long)
+            batch["sample_exclude"] = torch.zeros((0, 0), dtype=torch.bool)
         batch["cmrm_stats"] = torch.tensor([stats[key] for key in CMRM_STAT_KEYS], dtype=torch.long)
         return batch

@@ -27,6 +27,7 @@ from ckbert.errors import UserError
 from ckbert.hf_io import CardInfo, export_hf_folder
 from ckbert.model_config import ModelConfig, load_model_config, model_config_from_dict
 from ckbert.outputs import check_out_dir
+from ckbert.train_config import CMRMConfig
 
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -214,14 +215,23 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, tokenizer: str | None =
 # CMRM settings an export records in config.json under "ckbert_cmrm" (the relation probe reads them:
 # which heads were held out, how sample texts were rendered); plain transformers ignores the key.
 RECORDED_CMRM_KEYS = ("heldout_heads", "sample_chars", "relation_in_text", "max_hop", "negatives", "temperature",
-                      "pool", "anchor")
+                      "pool", "anchor", "render", "in_batch_negatives")
 
 
 def recorded_cmrm(state: dict[str, Any]) -> dict[str, Any]:
+    """The `ckbert_cmrm` entry of config.json, from a trainer state ({} when CMRM was off)."""
     cmrm = state.get("config", {}).get("cmrm", {})
     if not isinstance(cmrm, dict) or not cmrm.get("enabled"):
         return {}
     return {"ckbert_cmrm": {k: cmrm[k] for k in RECORDED_CMRM_KEYS if k in cmrm}}
+
+
+def cmrm_of_export(hf_config: Any) -> CMRMConfig:
+    """The CMRM settings an exported model was trained with (config.json `ckbert_cmrm`), else the
+    defaults: how to render and pool sample texts when probing it."""
+    value = getattr(hf_config, "ckbert_cmrm", None)
+    recorded = dict(value) if isinstance(value, dict) else {}
+    return CMRMConfig(**{k: v for k, v in recorded.items() if k in RECORDED_CMRM_KEYS})
 
 
 def main(argv: list[str]) -> int:

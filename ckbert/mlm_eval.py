@@ -21,6 +21,7 @@ folders are printed side by side; `--json` prints one JSON object per model inst
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ from ckbert import heldout
 from ckbert.collator import PretrainCollator
 from ckbert.config import check_number
 from ckbert.errors import UserError
+from ckbert.export import cmrm_of_export
 from ckbert.objectives import cmrm_scores, masked_mean_pool, mention_anchors
 from ckbert.train import KeyedRows
 from ckbert.train_config import CMRMConfig, MaskingConfig
@@ -49,7 +51,10 @@ def evaluate_hf(model, prepared: tuple, eval_rows: int, seed: int = 0, temperatu
         raise UserError(f"the model's vocabulary ({vocab}) is smaller than the dataset's tokenizer ({len(tok)})")
     unigram = heldout.unigram_log_probs(ds, n_train, vocab)
     max_length = int(manifest["seq_len"]) + 2
-    cmrm = CMRMConfig(enabled=kg is not None, temperature=temperature)
+    # samples rendered and pooled as the model was trained (config.json `ckbert_cmrm`), each mention
+    # scored against its own K = 4 hop-2..3 negatives (no in-batch texts), every head included
+    cmrm = dataclasses.replace(cmrm_of_export(model.config), enabled=kg is not None, temperature=temperature,
+                               negatives=4, in_batch_negatives=False, heldout_heads=0.0)
     collators = {"eval_rand": PretrainCollator(tok, manifest, None, heldout.RANDOM_TOKEN_EVAL,
                                                CMRMConfig(enabled=False), max_length, seed),
                  "eval": PretrainCollator(tok, manifest, kg if cmrm.enabled else None, MaskingConfig(), cmrm,

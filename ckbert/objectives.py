@@ -35,32 +35,40 @@ def masked_mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torc
 
 
 def cmrm_scores(anchor: torch.Tensor, sample_emb: torch.Tensor, sample_index: torch.Tensor,
-                temperature: float) -> torch.Tensor:
-    """anchor [N, H], sample_emb [S, H], sample_index [N, 1+K] -> cosine / temperature [N, 1+K] of
-    each mention's positive (slot 0) and K negatives; -inf where a negative is missing (-1)."""
+                temperature: float, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """Each mention's candidates scored by cosine / temperature, positive first.
+
+    anchor [N, H], sample_emb [S, H], sample_index [N, 1+K] (slot 0 the positive's row in
+    sample_emb, then K negatives, -1 = missing). Without `exclude`: [N, 1+K], -inf where a negative
+    is missing. With `exclude` [N, S] (in-batch negatives; True = not a candidate of that mention):
+    [N, 1+S], the positive in column 0 and every sample text in columns 1.. (-inf where excluded
+    and at the positive's own column), so that column 0 is the target either way."""
     a = F.normalize(anchor.float(), dim=-1)
     s = F.normalize(sample_emb.float(), dim=-1)
-    picked = (a @ s.T / temperature).gather(1, sample_index.clamp(min=0))  # [N, 1+K]
+    logits = a @ s.T / temperature  # [N, S]
+    positive = sample_index[:, :1]  # [N, 1]
+    if exclude is not None:
+        off = exclude.clone()
+        off.scatter_(1, positive, True)  # the positive sits in column 0 instead
+        return torch.cat([logits.gather(1, positive), logits.masked_fill(off, float("-inf"))], dim=1)
+    picked = logits.gather(1, sample_index.clamp(min=0))  # [N, 1+K]
     return picked.masked_fill(sample_index < 0, float("-inf"))
 
 
 def cmrm_loss(anchor: torch.Tensor, sample_emb: torch.Tensor, sample_index: torch.Tensor,
-              temperature: float, in_batch_negatives: bool = False) -> torch.Tensor:
+              temperature: float, exclude: torch.Tensor | None = None) -> torch.Tensor:
     """Contrastive loss over mentions (method.md, section 2).
 
     anchor [N, H]: mention means from the MLM pass; sample_emb [S, H]: pooled sample texts;
     sample_index [N, 1+K]: row of the positive (slot 0) and of K negatives in `sample_emb`,
     -1 for a missing negative (excluded from the softmax). Score = cosine / temperature;
-    cross-entropy with slot 0 as the target, averaged over the N mentions (not over tokens).
-    With `in_batch_negatives`, every sample text of the batch other than the positive is a negative.
+    cross-entropy with the positive as the target, averaged over the N mentions (not over tokens).
+    With `exclude` [N, S] (in-batch negatives), every sample text of the batch that `exclude` does
+    not rule out for a mention is one of its negatives (`cmrm_scores`).
     Returns a zero that depends on the inputs when N == 0.
     """
     if anchor.shape[0] == 0:
         return anchor.sum() * 0.0 + sample_emb.sum() * 0.0
-    if in_batch_negatives:
-        a = F.normalize(anchor.float(), dim=-1)
-        s = F.normalize(sample_emb.float(), dim=-1)
-        return F.cross_entropy(a @ s.T / temperature, sample_index[:, 0])
-    picked = cmrm_scores(anchor, sample_emb, sample_index, temperature)
+    picked = cmrm_scores(anchor, sample_emb, sample_index, temperature, exclude)
     target = torch.zeros(anchor.shape[0], dtype=torch.long, device=anchor.device)
     return F.cross_entropy(picked, target)

@@ -72,8 +72,12 @@ class PretrainForward(nn.Module):
         # same encoder calls, since each call all-gathers the layers' parameters (a collective).
         anchor, sample_emb, zero = self._cmrm_inputs(batch, hidden)
         terms["cmrm"] = zero if anchor is None else cmrm_loss(anchor, sample_emb, batch["sample_index"],
-                                                              self.temperature, self.in_batch_negatives)
+                                                              self.temperature, self._exclude(batch))
         return terms
+
+    def _exclude(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """In-batch negatives: which texts are not a mention's candidates (the collator's)."""
+        return batch["sample_exclude"] if self.in_batch_negatives else None
 
     def _cmrm_inputs(self, batch: dict[str, torch.Tensor], hidden: torch.Tensor):
         """(mention anchors [N, H], pooled samples [S, H], a zero tied to both passes); the first two
@@ -93,7 +97,8 @@ class PretrainForward(nn.Module):
         if self.cmrm_enabled:  # the second pass runs on every rank, as in training (FSDP)
             anchor, sample_emb, _ = self._cmrm_inputs(batch, hidden)
             if anchor is not None:
-                out["cmrm_scores"] = cmrm_scores(anchor, sample_emb, batch["sample_index"], self.temperature)
+                out["cmrm_scores"] = cmrm_scores(anchor, sample_emb, batch["sample_index"], self.temperature,
+                                                 self._exclude(batch))
         return out
 
 

@@ -72,7 +72,9 @@ class CMRMConfig:
     mentions_per_sequence: int = 4  # cap: keeps the second encoder pass a bounded share of the step
     sample_chars: int = 16  # each sample text ("mention + tail") is cut to this many characters
     relation_in_text: bool = False  # render "mention relation tail" instead of "mention tail"
-    in_batch_negatives: bool = False  # also score every other sample text of the batch
+    # Also score every other sample text of the batch (texts whose tail is a 1-hop neighbour of the
+    # mention's entity, e.g. another mention of the same entity's positive, are left out).
+    in_batch_negatives: bool = False
     # Held-out heads (the relation probe's generalisation test): this share of KG entities, fixed by
     # name (ckbert.data_prep.kg_store.heldout_entity), is never an anchor nor a positive's tail, so
     # their triples stay unseen by CMRM. Recorded in the checkpoint and the exported config.json.
@@ -85,12 +87,18 @@ class CMRMConfig:
     # words may be [MASK]), "unmasked" = the mention's tokens are never MLM targets, so the anchor
     # always sees the mention.
     anchor: Literal["masked", "unmasked"] = "masked"
+    # How a sample text reads: "mention_tail" = the mention's entity name, then the tail (the
+    # reference); "tail" = the tail alone, so that a sample cannot be matched to its anchor by the
+    # name it starts with (with in-batch negatives, every other mention's samples start otherwise).
+    render: Literal["mention_tail", "tail"] = "mention_tail"
 
     def validate(self) -> None:
         if self.weight < 0 or self.temperature <= 0:
             raise ValueError("cmrm.weight must be >= 0 and cmrm.temperature > 0")
-        if self.negatives < 1 or self.mentions_per_sequence < 1 or self.sample_chars < 2:
-            raise ValueError("cmrm.negatives, mentions_per_sequence must be >= 1, sample_chars >= 2")
+        if self.negatives < (0 if self.in_batch_negatives else 1) or self.mentions_per_sequence < 1 \
+                or self.sample_chars < 2:
+            raise ValueError("cmrm.negatives must be >= 1 (>= 0 with in_batch_negatives), mentions_per_sequence "
+                             ">= 1, sample_chars >= 2")
         if self.max_hop not in (2, 3):
             raise ValueError("cmrm.max_hop must be 2 or 3")
         if not 0.0 <= self.heldout_heads < 1.0:

@@ -324,30 +324,28 @@ def run_cloze(model: Any, args: argparse.Namespace, stats: dict[str, int], recor
 
 
 def run_relation(model: Any, args: argparse.Namespace, stats: dict[str, int], record: dict[str, Any]) -> dict:
-    import dataclasses
-
     from ckbert.data_prep.dataset import open_prepared
+    from ckbert.export import cmrm_of_export
     from ckbert.finetune import relation_probe as rp
     from ckbert.heldout import heldout_start
-    from ckbert.train_config import CMRMConfig
 
     manifest, dataset, kg, tokenizer = open_prepared(args.prepared)
     if len(tokenizer) > model.config.vocab_size:
         raise UserError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the dataset's "
                         f"tokenizer ({len(tokenizer)})", path=args.prepared)
-    recorded = rp.recorded_cmrm(model.config)
-    share = args.heldout_share if args.heldout_share is not None else float(recorded.get("heldout_heads", 0.2))
-    fields = {f.name for f in dataclasses.fields(CMRMConfig)}
-    cmrm = CMRMConfig(**{k: v for k, v in recorded.items() if k in fields and k != "heldout_heads"})
+    cmrm = cmrm_of_export(model.config)  # how the model rendered and pooled its samples
+    share = args.heldout_share if args.heldout_share is not None else (cmrm.heldout_heads if hasattr(
+        model.config, "ckbert_cmrm") else 0.2)
     start = heldout_start(len(dataset), args.eval_rows)
     items = rp.build_items(dataset, range(start, len(dataset)), kg, cmrm, share, args.k, args.per_mention,
                            args.seed, stats)
     if not items:
         raise UserError("no relation probe items: the held-out rows link no entity with neighbours",
                         path=args.prepared)
-    scores = rp.score_items(model, tokenizer, dataset, items, cmrm, args.batch_size)
+    scores = rp.score_items(model, tokenizer, dataset, kg, items, cmrm, args.batch_size)
     groups = [f"{it.group}, vs {key}" for key in scores for it in items]
     record.update({"prepared": str(args.prepared), "eval_rows": len(dataset) - start, "heldout_share": share,
                    "per_mention": args.per_mention, "sample_chars": cmrm.sample_chars, "pool": cmrm.pool,
+                   "render": cmrm.render,
                    "mentions": len({(it.row, it.start) for it in items})})
     return summarise(groups, [row for key in scores for row in scores[key]])

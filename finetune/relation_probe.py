@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ckbert.collator import sample_text, tokenize_samples
+from ckbert.collator import name_chars, sample_text, tokenize_samples
 from ckbert.data_prep.kg_store import heldout_entity, sample_negatives
 from ckbert.objectives import masked_mean_pool, mention_anchors
 from ckbert.train_config import CMRMConfig
@@ -47,9 +47,10 @@ class RelationItem:
     row: int  # index of the held-out row in the prepared dataset
     start: int  # mention span in the row's tokens, without [CLS]
     end: int
-    head: int  # entity id
-    prefix: int  # characters of the head's name at the start of every text (where the tail starts)
-    texts: dict[str, list[str]]  # negative set -> [true text, K negative texts]
+    head: int  # entity ids: the mention's entity, a true 1-hop neighbour and its relation
+    tail: int
+    relation: int
+    negatives: dict[str, list[int]]  # negative set -> entity ids, each rendered like the true tail
     group: str  # "seen" / "held_out"
 
 
@@ -63,20 +64,18 @@ def random_entities(store: Any, exclude: set[int], k: int, rng: np.random.Genera
     return out
 
 
-def dedupe(texts: list[str], stats: dict[str, int]) -> list[str]:
-    """The true text first, then each negative text not seen before (cut names can coincide)."""
-    out: list[str] = []
-    for t in texts:
-        if t in out:
-            stats["merged"] = stats.get("merged", 0) + 1
-        else:
-            out.append(t)
-    return out
+def item_texts(store: Any, it: RelationItem, cmrm: CMRMConfig) -> dict[str, list[str]]:
+    """Per negative set: [true text, negative texts], rendered as a model trained with `cmrm` saw them."""
+    name = store.entity_name(it.head)
+    true = sample_text(store, name, it.relation, it.tail, cmrm)
+    return {key: [true, *(sample_text(store, name, None, x, cmrm) for x in xs)] for key, xs in it.negatives.items()}
 
 
 def build_items(dataset: Any, rows: range, store: Any, cmrm: CMRMConfig, share: float, k: int,
                 per_mention: int, seed: int, stats: dict[str, int]) -> list[RelationItem]:
-    """Probe items for every linked mention of `rows`, seeded."""
+    """Probe items for every linked mention of `rows`, seeded. A negative whose text (rendered as
+    `cmrm` renders, "mention + tail" by default) equals the true one's or an earlier negative's is
+    dropped and counted (`merged`); rendering the tail alone keeps those texts distinct too."""
     rng = np.random.default_rng(seed)
     items: list[RelationItem] = []
     for r in rows:
@@ -99,19 +98,27 @@ def build_items(dataset: Any, rows: range, store: Any, cmrm: CMRMConfig, share: 
             for rel, t in zip(rels.tolist(), tails.tolist(), strict=True):
                 first.setdefault(int(t), int(rel))
             for t in rng.permutation(sorted(hop1))[:per_mention].tolist():
-                true = sample_text(store, name, first[t], t, cmrm)
-                texts = {"hop 2-3": [true, *(sample_text(store, name, None, x, cmrm) for x in hard)],
-                         "random": [true, *(sample_text(store, name, None, x, cmrm) for x in easy)]}
-                texts = {key: dedupe(v, stats) for key, v in texts.items()}
-                if any(len(v) < 2 for v in texts.values()):
+                seen_texts = {sample_text(store, name, first[t], t, cmrm)}
+                negatives: dict[str, list[int]] = {}
+                for key, xs in (("hop 2-3", hard), ("random", easy)):
+                    kept, texts = [], set(seen_texts)
+                    for x in xs:
+                        text = sample_text(store, name, None, x, cmrm)
+                        if text in texts:
+                            stats["merged"] = stats.get("merged", 0) + 1
+                            continue
+                        texts.add(text)
+                        kept.append(x)
+                    negatives[key] = kept
+                if any(not v for v in negatives.values()):
                     stats["no_distinct_negative"] = stats.get("no_distinct_negative", 0) + 1
                     continue
-                items.append(RelationItem(r, int(start), int(end), ent, len(name), texts, group))
+                items.append(RelationItem(r, int(start), int(end), ent, t, first[t], negatives, group))
     return items
 
 
 @torch.no_grad()
-def score_items(model: Any, tokenizer: Any, dataset: Any, items: list[RelationItem], cmrm: CMRMConfig,
+def score_items(model: Any, tokenizer: Any, dataset: Any, store: Any, items: list[RelationItem], cmrm: CMRMConfig,
                 batch_size: int = 32) -> dict[str, list[list[float]]]:
     """Per negative set, per item: the cosines of [true text, negatives] with the mention's anchor.
 
@@ -138,7 +145,9 @@ def score_items(model: Any, tokenizer: Any, dataset: Any, items: list[RelationIt
         index, st, en = (torch.tensor(x, device=device) for x in zip(*spans, strict=True))
         for (b, a, e), vec in zip(spans, mention_anchors(hidden, index, st, en).float().cpu(), strict=True):
             anchors[(chunk[b], a - 1, e - 1)] = vec
-    prefix = {t: it.prefix for it in items for v in it.texts.values() for t in v}
+    rendered = [item_texts(store, it, cmrm) for it in items]
+    prefix = {t: name_chars(store.entity_name(it.head), cmrm)
+              for it, r in zip(items, rendered, strict=True) for v in r.values() for t in v}
     texts = sorted(prefix)
     pooled: dict[str, torch.Tensor] = {}
     for s in range(0, len(texts), 4 * batch_size):
@@ -148,12 +157,12 @@ def score_items(model: Any, tokenizer: Any, dataset: Any, items: list[RelationIt
         out = masked_mean_pool(encoder(input_ids=ids, attention_mask=mask).last_hidden_state, pool).float().cpu()
         pooled.update(zip(chunk, out, strict=True))
     scores: dict[str, list[list[float]]] = {key + suffix: [] for suffix in ("", CONTROL) for key in NEGATIVE_SETS}
-    for i, it in enumerate(items):
+    for i, (it, its_texts) in enumerate(zip(items, rendered, strict=True)):
         a = torch.nn.functional.normalize(anchors[(it.row, it.start, it.end)], dim=0)
         other = items[control_partner(items, i)]
         c = torch.nn.functional.normalize(anchors[(other.row, other.start, other.end)], dim=0)
         for key in NEGATIVE_SETS:
-            cand = torch.nn.functional.normalize(torch.stack([pooled[t] for t in it.texts[key]]), dim=1)
+            cand = torch.nn.functional.normalize(torch.stack([pooled[t] for t in its_texts[key]]), dim=1)
             scores[key].append((cand @ a).tolist())
             scores[key + CONTROL].append((cand @ c).tolist())
     return scores
@@ -168,9 +177,3 @@ def control_partner(items: list[RelationItem], i: int) -> int:
         if items[j].head != items[i].head:
             return j
     return i
-
-
-def recorded_cmrm(model_config: Any) -> dict[str, Any]:
-    """The CMRM settings a ckbert export records in config.json (`ckbert_cmrm`), else {}."""
-    value = getattr(model_config, "ckbert_cmrm", None)
-    return dict(value) if isinstance(value, dict) else {}

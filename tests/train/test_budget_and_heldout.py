@@ -133,7 +133,8 @@ def test_collator_drops_a_mention_left_without_negative(prepared):
     stats["mentions"] = 2
     # "中☃" and "中☄" both tokenize to 中 [UNK]: the first mention's only negative merges with its positive
     texts = ["中☃", "中☄", "中国", "中文"]
-    ids, mask, pool, index, kept = col._tokenize_samples(texts, [[0, 1, -1], [2, 3, 1]], stats, dict.fromkeys(texts, 1))
+    ids, mask, pool, index, exclude, kept = col._tokenize_samples(texts, [[0, 1, -1], [2, 3, 1]], stats,
+                                                                  dict.fromkeys(texts, 1))
     assert kept.tolist() == [1] and index.shape == (1, 3)
     assert stats["no_negative"] == 1 and stats["mentions"] == 1 and stats["merged"] == 1
     assert (index[0] >= 0).sum() == 3  # the kept mention: positive + 2 distinct negatives

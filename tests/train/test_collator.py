@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from ckbert.collator import SRC_DEP, SRC_MARKER, SRC_PRIORITY, SRC_RANDOM, SRC_SDP, PretrainCollator
+from ckbert.collator import (
+    CMRM_STAT_KEYS,
+    SRC_DEP,
+    SRC_MARKER,
+    SRC_PRIORITY,
+    SRC_RANDOM,
+    SRC_SDP,
+    PretrainCollator,
+)
 from ckbert.train import KeyedRows
 from ckbert.train_config import CMRMConfig, MaskingConfig
 
@@ -151,7 +159,7 @@ def test_negatives_are_not_one_hop(prepared):
         texts, stats = {}, dict.fromkeys(("no_positive", "no_negative", "shortfall", "missing_slots"), 0)
         kept, slots = col._samples(mentions, np.random.default_rng(r), texts, stats)
         by_index = {i: t for t, i in texts.items()}
-        for (start, end), row_slots in zip(kept, slots, strict=True):
+        for (start, end, _), row_slots in zip(kept, slots, strict=True):
             ent = next(e for s, e2, e in mentions if (s, e2) == (start, end))
             name = kg.entity_name(ent)
             hop1 = {int(t) for t in kg.neighbors(ent)[1]}
@@ -320,7 +328,7 @@ def test_heldout_heads_are_never_anchors_nor_positive_tails(prepared):
         heldout += stats["heldout"]
         assert stats["heldout"] == sum(kg.entity_name(e) in out for _, _, e in mentions[:])
         by_index = {i: t for t, i in texts.items()}
-        for (start, end), row_slots in zip(spans, slots, strict=True):
+        for (start, end, _), row_slots in zip(spans, slots, strict=True):
             ent = next(e for s, e2, e in mentions if (s, e2) == (start, end))
             name = kg.entity_name(ent)
             assert name not in out
@@ -351,3 +359,54 @@ def test_tail_pool_and_unmasked_anchor_variants(prepared):
             b, s, e = (int(batch[k][n]) for k in ("mention_index", "mention_start", "mention_end"))
             assert not targets & {b * length + p for p in range(s, e)}  # no mention token is a target
         assert batch["mlm_labels"].numel() > 0
+
+
+def test_in_batch_negatives_tail_render_and_false_negatives_left_out(prepared):
+    """cmrm.render "tail" drops the mention's name from the texts; with in-batch negatives and K = 0
+    each mention competes against every other text of the batch, except those naming one of its
+    1-hop neighbours (another positive of the same entity is not a negative)."""
+    manifest, ds, kg, tok = prepared
+    cmrm = CMRMConfig(in_batch_negatives=True, negatives=0, render="tail")
+    col = PretrainCollator(tok, manifest, kg, MaskingConfig(), cmrm, 64, 0)
+    rows = items(prepared, range(96))
+    batch = col(rows)
+    n, s = batch["sample_index"].shape[0], batch["sample_input_ids"].shape[0]
+    assert batch["sample_index"].shape == (n, 1) and batch["sample_exclude"].shape == (n, s) and n > 5
+    texts = [tuple(ids[m.bool()].tolist()) for ids, m in
+             zip(batch["sample_input_ids"], batch["sample_attention_mask"], strict=True)]
+    length = batch["input_ids"].shape[1]
+    excluded = 0
+    for i in range(n):
+        b, st, en = (int(batch[k][i]) for k in ("mention_index", "mention_start", "mention_end"))
+        row = rows[b][2]
+        ent = next(e for a, z, e in zip(row["ent_start"], row["ent_end"], row["ent_id"], strict=True)
+                   if (a + 1, z + 1) == (st, en))
+        hop1 = {tuple(tok(kg.entity_name(int(t))[:16])["input_ids"]) for t in kg.neighbors(ent)[1]}
+        pos = int(batch["sample_index"][i, 0])
+        assert texts[pos] in hop1  # the tail alone, without the mention's name
+        assert not bool(batch["sample_exclude"][i, pos])
+        excluded += int(batch["sample_exclude"][i].sum())
+        assert length > 0
+    assert excluded > 0  # the demo graph's common mentions (e.g. places) share neighbours
+    # exactly the texts naming a 1-hop neighbour (or the entity) are left out, the positive never
+    texts, stats, prefix, tails, ents, slots = {}, dict.fromkeys(CMRM_STAT_KEYS, 0), {}, {}, [], []
+    for r in range(96):
+        row = ds[r]
+        kept, sl = col._samples(list(zip(row["ent_start"], row["ent_end"], row["ent_id"], strict=True)),
+                                np.random.default_rng(r), texts, stats, prefix, tails)
+        ents += [e for _, _, e in kept]
+        slots += sl
+    ids, mask, pool, index, exclude, kept = col._tokenize_samples(list(texts), slots, stats, prefix, tails, ents)
+    named = [set() for _ in range(ids.shape[0])]
+    rows_of = {tuple(x): j for j, x in enumerate(ids.tolist())}
+    for text, t in tails.items():
+        enc = col.tok([text], padding="max_length", truncation=True, max_length=ids.shape[1],
+                      return_token_type_ids=False)["input_ids"][0]
+        named[rows_of[tuple(enc)]].add(t)
+    for i, n in enumerate(kept):
+        hop1 = set(kg.neighbors(ents[n])[1].tolist()) | {ents[n]}
+        want = [bool(nm & hop1) for nm in named]
+        want[int(index[i, 0])] = False
+        assert exclude[i].tolist() == want
+    with pytest.raises(ValueError, match="negatives must be >= 1"):
+        CMRMConfig(negatives=0).validate()

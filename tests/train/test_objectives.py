@@ -50,11 +50,19 @@ def test_cmrm_mean_over_mentions_and_gradients():
     total.backward()
     assert anchor.grad.abs().sum() > 0 and samples.grad.abs().sum() > 0
     # in-batch negatives: every sample row competes; target = own positive
-    ib = cmrm_loss(anchor, samples, index, 0.5, in_batch_negatives=True)
+    none = torch.zeros(3, 5, dtype=torch.bool)
+    ib = cmrm_loss(anchor, samples, index, 0.5, exclude=none)
     a = torch.nn.functional.normalize(anchor, dim=-1)
     s = torch.nn.functional.normalize(samples, dim=-1)
     want = torch.nn.functional.cross_entropy(a @ s.T / 0.5, index[:, 0])
     assert ib.item() == pytest.approx(want.item(), rel=1e-5)
+    # an excluded text (say, another positive of the same entity) is no candidate at all
+    ex = none.clone()
+    ex[0, 3] = True
+    logits = a @ s.T / 0.5
+    want0 = torch.nn.functional.cross_entropy(logits[:1, [0, 1, 2, 4]], torch.tensor([0]))
+    got0 = cmrm_loss(anchor[:1], samples, index[:1], 0.5, exclude=ex[:1])
+    assert got0.item() == pytest.approx(want0.item(), rel=1e-5)
 
 
 def test_cmrm_no_mentions_is_zero_with_graph():

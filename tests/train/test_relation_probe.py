@@ -13,6 +13,7 @@ import yaml
 from ckbert.checkpoint import latest_checkpoint, load_model_state, load_trainer_state
 from ckbert.cli import main as cli
 from ckbert.data_prep.kg_store import heldout_entity
+from ckbert.export import cmrm_of_export
 from ckbert.finetune import relation_probe as rp
 from ckbert.heldout import heldout_start
 from ckbert.model import CKBertForPreTraining
@@ -44,7 +45,7 @@ def test_heldout_heads_are_logged_and_recorded_in_the_export(probed_run):
     from transformers import AutoModelForMaskedLM
 
     model = AutoModelForMaskedLM.from_pretrained(str(probed_run / "hf"))  # the extra key loads fine
-    assert rp.recorded_cmrm(model.config)["heldout_heads"] == SHARE
+    assert cmrm_of_export(model.config).heldout_heads == SHARE
 
 
 def test_probe_cli_reports_seen_and_held_out_against_both_negative_sets(probed_run, prepared_dir, capsys):
@@ -74,12 +75,13 @@ def test_items_hold_true_neighbours_first_and_no_one_hop_negatives(prepared):
     for it in items:
         name = kg.entity_name(it.head)
         assert it.group == ("held_out" if heldout_entity(name, SHARE) else "seen")
-        hop1 = {(name + kg.entity_name(int(t)))[:16] for t in kg.neighbors(it.head)[1]}
-        for texts in it.texts.values():
-            assert texts[0] in hop1  # the true text renders a 1-hop neighbour
-            assert all(t.startswith(name[:16]) for t in texts)
-            assert len(set(texts)) == len(texts)
-        assert not set(it.texts["hop 2-3"][1:]) & hop1  # hop-2..3 negatives are not 1-hop neighbours
+        hop1 = {int(t) for t in kg.neighbors(it.head)[1]}
+        assert it.tail in hop1 and not set(it.negatives["hop 2-3"]) & hop1  # hop 2-3: no 1-hop neighbour
+        assert not set(it.negatives["random"]) & (hop1 | {it.head})
+        for render in ("mention_tail", "tail"):
+            for texts in rp.item_texts(kg, it, CMRMConfig(render=render)).values():
+                assert len(set(texts)) == len(texts)  # distinct in either rendering
+                assert all(t.startswith(name[:16]) for t in texts) == (render == "mention_tail")
     assert rp.build_items(ds, range(start, len(ds)), kg, CMRMConfig(), SHARE, 4, 2, 0, {}) == items  # seeded
     partners = [rp.control_partner(items, i) for i in range(len(items))]
     assert all(items[j].head != it.head for it, j in zip(items, partners, strict=True))  # another head's anchor
@@ -94,8 +96,8 @@ def test_scores_are_cmrm_cosines_of_our_own_encoder(probed_run, prepared):
     start = heldout_start(len(ds), 48)
     items = rp.build_items(ds, range(start, len(ds)), kg, CMRMConfig(), SHARE, 4, 2, 0, {})[:12]
     hf = AutoModelForMaskedLM.from_pretrained(str(probed_run / "hf"))
-    scores = rp.score_items(hf, tok, ds, items, CMRMConfig(), batch_size=5)
-    tail = rp.score_items(hf, tok, ds, items, CMRMConfig(pool="tail"), batch_size=7)
+    scores = rp.score_items(hf, tok, ds, kg, items, CMRMConfig(), batch_size=5)
+    tail = rp.score_items(hf, tok, ds, kg, items, CMRMConfig(pool="tail"), batch_size=7)
     ckpt = latest_checkpoint(probed_run / "out")
     ours = CKBertForPreTraining(model_config_from_dict(load_trainer_state(ckpt)["model_config"]))
     ours.load_state_dict(load_model_state(ckpt))
@@ -105,8 +107,9 @@ def test_scores_are_cmrm_cosines_of_our_own_encoder(probed_run, prepared):
             ids = torch.tensor([[tok.cls_token_id, *ds[it.row]["input_ids"], tok.sep_token_id]])
             hidden = ours.encode(ids, torch.ones_like(ids))
             anchor = mention_anchors(hidden, torch.tensor([0]), torch.tensor([it.start + 1]), torch.tensor([it.end + 1]))
+            texts = rp.item_texts(kg, it, CMRMConfig())
             for key in rp.NEGATIVE_SETS:
-                enc = tok(it.texts[key], padding=True, return_tensors="pt", return_token_type_ids=False)
+                enc = tok(texts[key], padding=True, return_tensors="pt", return_token_type_ids=False)
                 hidden = ours.encode(enc["input_ids"], enc["attention_mask"])
                 cos = torch.nn.functional.cosine_similarity(anchor, masked_mean_pool(hidden, enc["attention_mask"]))
                 np.testing.assert_allclose(scores[key][n], cos.numpy(), atol=1e-4)
@@ -120,7 +123,7 @@ def test_scores_are_cmrm_cosines_of_our_own_encoder(probed_run, prepared):
                 n_name = len(tok(kg.entity_name(it.head)[:16], add_special_tokens=False)["input_ids"])
                 tail_mask = enc["attention_mask"].clone()
                 tail_mask[:, : 1 + n_name] = 0
-                tail_mask[torch.arange(len(it.texts[key])), enc["attention_mask"].sum(1) - 1] = 0  # [SEP]
+                tail_mask[torch.arange(len(texts[key])), enc["attention_mask"].sum(1) - 1] = 0  # [SEP]
                 tail_mask[tail_mask.sum(1) == 0] = enc["attention_mask"][tail_mask.sum(1) == 0]
                 cos = torch.nn.functional.cosine_similarity(anchor, masked_mean_pool(hidden, tail_mask))
                 np.testing.assert_allclose(tail[key][n], cos.numpy(), atol=1e-4)
