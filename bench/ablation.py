@@ -384,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prepared", type=Path, required=True, help="prepared dataset (ckbert prepare --out)")
     p.add_argument("--out", type=Path, required=True, help="output folder (runs, results.json/.md, loss_curves.png)")
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--arms", nargs="+", default=["a", "b", "c", "d", "s"], choices=list(ARMS),
+                   help="default: the five main arms; the d_* variants on request")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=2, help="parallel processes (one (arm, seed) each)")
     p.add_argument("--smoke", action="store_true", help="CI size: from scratch, 2 steps, tiny fine-tuning and "
