@@ -12,9 +12,11 @@ Rows follow the prepared-dataset schema (docs/contracts.md). For each row the co
    are prediction targets too; truncates after insertion at a word boundary, so no marker pair is
    ever cut in half;
 3. corrupts the targets 80/10/10 ([MASK] / random token / unchanged) and adds [CLS]/[SEP];
-4. keeps up to `mentions_per_sequence` linked mentions and draws, from the KG store, one positive
-   (the entity description, else one random 1-hop fact) and K negatives (hop 2..3, not hop 1),
-   each rendered as a short text starting with the mention (method.md, sec. 2).
+4. keeps up to `mentions_per_sequence` linked mentions (none of a held-out head) and draws, from
+   the KG store, one positive (the entity description, else one random 1-hop fact) and K
+   negatives (hop 2..3, not hop 1), each rendered as a short text starting with the mention, or
+   the tail alone with `cmrm.render: tail` (method.md, sec. 2); with in-batch negatives, marks
+   which of the batch's texts are no negative for each mention (they name one of its neighbours).
 
 Everything random comes from one numpy Generator per row seeded with (seed, epoch, row index), so a
 batch is reproducible wherever and whenever it is built, and every epoch sees new masks. The
