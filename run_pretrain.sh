@@ -12,7 +12,7 @@
 #                                     a real run: torchrun -m ckbert.cli pretrain --config CONFIG, with
 #                                     NNODES, NPROC_PER_NODE, NODE_RANK, MASTER_ADDR, MASTER_PORT from the
 #                                     environment (defaults: one node, one process, 127.0.0.1:29500).
-#   ./run_pretrain.sh configs/pretrain/starter.yaml data.prepared=runs/demo/prepared out=runs/starter
+#   ./run_pretrain.sh configs/pretrain/starter.yaml
 #                                     trains the starter from scratch (models/starter/README.md).
 # Environment: DEMO_DIR (default runs/demo), DEMO_MINUTES (default: the recipe's train.max_minutes),
 # STARTER (default models/starter).
@@ -75,9 +75,9 @@ for i in marks:
     print(f"  step {r['step']:5d}  {r['elapsed_s'] / 60:4.1f} min  mlm {r['mlm']:.3f}  cmrm {r['cmrm']:.3f}  "
           f"lr {r['lr']:.1e}  {r['tokens_per_s']:.0f} tok/s  mentions {r['cmrm_mentions']}")
 PYEOF
-# The same held-out rows (data.eval_rows 256 of both recipes) and masks for the starter and the result.
+# The same held-out rows (data.eval_rows 1024 of both recipes) and masks for the starter and the result.
 $CKBERT eval --model "$STARTER" "$DEMO/model" --name starter "demo (continued)" --prepared "$DEMO/prepared" \
-  --eval-rows 256 --temperature 0.1 --examples 3 --json > "$DEMO/heldout.jsonl"
+  --eval-rows 1024 --temperature 0.1 --examples 3 --json > "$DEMO/heldout.jsonl"
 $PY - "$DEMO/heldout.jsonl" <<'PYEOF'
 import json, sys
 from ckbert.mlm_eval import report
@@ -93,6 +93,6 @@ PYEOF
 stamp "relation probe on held-out rows (seen / held-out heads; control: another mention's anchor)"
 for m in "$STARTER" "$DEMO/model"; do
   echo "$m:"
-  $CKBERT probe --kind relation --model "$m" --prepared "$DEMO/prepared" --eval-rows 256
+  $CKBERT probe --kind relation --model "$m" --prepared "$DEMO/prepared" --eval-rows 1024
 done
 stamp "done: model in $DEMO/model"

@@ -111,7 +111,7 @@ class Settings:
     model: str = "tiny"  # from scratch only
     minutes: float = 5.0  # wall time of continued pretraining per arm (the budget of its lr schedule)
     max_steps: int = 0  # 0 = the time box alone; > 0 also caps steps (smoke)
-    eval_rows: int = 256  # the held-out rows: must be the starter's, so that neither saw them
+    eval_rows: int = 1024  # the held-out rows: at most the starter's data.eval_rows, so that neither saw them
     heldout_heads: float = 0.2  # arm d: share of KG heads CMRM never trains on
     ft_train: int = 0  # fine-tuning caps; 0 = the task recipe's (configs/finetune)
     ft_eval: int = 0
