@@ -226,8 +226,7 @@ def probe_scores(hf_dir: Path, out: Path, s: Settings) -> dict[str, float]:
     _, dataset, kg, tok = open_prepared(s.prepared)
     rel = [rp.RelationItem(**d) for d in json.loads((out / "relation_items.json").read_text(encoding="utf-8"))]
     scores = rp.score_items(model, tok, dataset, kg, rel, cmrm_of_export(model.config))
-    groups = [f"{it.group}, vs {key}" for key in scores for it in rel]
-    report = summarise(groups, [row for key in scores for row in scores[key]])
+    report = rp.report(rel, scores)
     for short, group in REL_GROUPS.items():
         r = report.get(group)
         if r is None:  # no item of that group (tiny smoke data)

@@ -343,9 +343,8 @@ def run_relation(model: Any, args: argparse.Namespace, stats: dict[str, int], re
         raise UserError("no relation probe items: the held-out rows link no entity with neighbours",
                         path=args.prepared)
     scores = rp.score_items(model, tokenizer, dataset, kg, items, cmrm, args.batch_size)
-    groups = [f"{it.group}, vs {key}" for key in scores for it in items]
     record.update({"prepared": str(args.prepared), "eval_rows": len(dataset) - start, "heldout_share": share,
                    "per_mention": args.per_mention, "sample_chars": cmrm.sample_chars, "pool": cmrm.pool,
                    "render": cmrm.render,
                    "mentions": len({(it.row, it.start) for it in items})})
-    return summarise(groups, [row for key in scores for row in scores[key]])
+    return rp.report(items, scores)

@@ -177,3 +177,11 @@ def control_partner(items: list[RelationItem], i: int) -> int:
         if items[j].head != items[i].head:
             return j
     return i
+
+
+def report(items: list[RelationItem], scores: dict[str, list[list[float]]]) -> dict[str, dict[str, float]]:
+    """`probe.summarise` per "<seen|held_out>, vs <negative set>[, control]" group."""
+    from ckbert.finetune.probe import summarise
+
+    groups = [f"{it.group}, vs {key}" for key in scores for it in items]
+    return summarise(groups, [row for key in scores for row in scores[key]])
