@@ -13,11 +13,12 @@ schedule (so what CMRM costs per step is charged to it), one torch thread per ru
     d  LMLM + CMRM          masking.strategy=lmlm,         CMRM on (cmrm.heldout_heads of the heads held out)
     s  the starter itself   no continued pretraining (from scratch: the initial weights of seed s)
 
-and variants of d with one CMRM setting changed: d_t0.5 / d_t0.05 (temperature; the recipe's is
-0.1), d_tail (samples pooled over the tail's tokens), d_unmasked (mentions never MLM targets, so
-the anchor sees them), d_ib_tail (in-batch negatives, sample texts of the tail alone), d_ib_only
-(the same with no hop-2..3 negatives: the cheapest CMRM). `--finetune 0` skips fine-tuning (a
-quick screen).
+and variants of d with one CMRM setting changed (the recipe's CMRM: in-batch negatives only, K = 0,
+sample texts of the tail alone): d_ref (the reference's CMRM: K = 4 hop-2..3 negatives, texts
+"mention + tail", no in-batch negatives), d_k4 (in-batch and K = 4 hop-2..3 negatives), d_t0.5 /
+d_t0.05 (temperature; the recipe's is 0.1), d_unmasked (mentions never MLM targets, so the anchor
+sees them). (`cmrm.pool: tail` has no arm: with texts of the tail alone it pools what "text"
+pools.) `--finetune 0` skips fine-tuning (a quick screen).
 
 Seed s gives every arm the same batch order and masks draw. Each (arm, seed) is exported with
 `ckbert export`'s function and measured through plain transformers on rows no run trained on:
@@ -59,22 +60,19 @@ ARMS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "c": ("LMLM", {"strategy": "lmlm", "cmrm": False}),
     "d": ("LMLM + CMRM", {"strategy": "lmlm", "cmrm": True}),
     "s": ("starter (no continued pretraining)", None),
-    # CMRM variants (issue 12: make its signal learnable), each arm d with one change
+    # CMRM variants (issue 12: make its signal learnable), each arm d with one change. The recipe's
+    # CMRM (demo.yaml) scores a mention's positive against the other mentions' positives of the batch
+    # (in-batch negatives, K = 0) with texts of the tail alone; d_ref is the reference's instead.
+    "d_ref": ("LMLM + CMRM as the reference: K = 4 hop-2..3 negatives, texts 'mention + tail'",
+              {"strategy": "lmlm", "cmrm": True, "set": ["cmrm.in_batch_negatives=false", "cmrm.negatives=4",
+                                                         "cmrm.render=mention_tail"]}),
+    "d_k4": ("LMLM + CMRM, in-batch and K = 4 hop-2..3 negatives", {"strategy": "lmlm", "cmrm": True,
+                                                                     "set": ["cmrm.negatives=4"]}),
     "d_t0.5": ("LMLM + CMRM, temperature 0.5", {"strategy": "lmlm", "cmrm": True, "set": ["cmrm.temperature=0.5"]}),
     "d_t0.05": ("LMLM + CMRM, temperature 0.05", {"strategy": "lmlm", "cmrm": True,
                                                  "set": ["cmrm.temperature=0.05"]}),
-    "d_tail": ("LMLM + CMRM, samples pooled over the tail", {"strategy": "lmlm", "cmrm": True,
-                                                            "set": ["cmrm.pool=tail"]}),
     "d_unmasked": ("LMLM + CMRM, mentions never masked", {"strategy": "lmlm", "cmrm": True,
                                                          "set": ["cmrm.anchor=unmasked"]}),
-    # the probe's control shows arm d ranking typical positive texts first whatever the mention: with
-    # the other mentions' samples as negatives, and texts that do not start with the mention's name,
-    # only the mention can tell its own positive apart
-    "d_ib_tail": ("LMLM + CMRM, in-batch negatives, texts of the tail alone",
-                  {"strategy": "lmlm", "cmrm": True, "set": ["cmrm.in_batch_negatives=true", "cmrm.render=tail"]}),
-    "d_ib_only": ("LMLM + CMRM, in-batch negatives only (K = 0), texts of the tail alone",
-                  {"strategy": "lmlm", "cmrm": True,
-                   "set": ["cmrm.in_batch_negatives=true", "cmrm.render=tail", "cmrm.negatives=0"]}),
 }
 REL_GROUPS = {"held_out_hop": "held_out, vs hop 2-3", "held_out_random": "held_out, vs random",
               "seen_hop": "seen, vs hop 2-3", "seen_random": "seen, vs random",
@@ -123,8 +121,11 @@ class Settings:
     precision: str = "fp32"
     device: str = "auto"
 
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+    def key(self, arm: str) -> str:
+        """What a finished (arm, seed) depends on: these settings, the arm's spec and the recipe's text."""
+        recipe = (REPO / self.recipe).read_text(encoding="utf-8")
+        blob = json.dumps([asdict(self), ARMS[arm], recipe], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 SMOKE = dict(init_from="", max_steps=2, minutes=5.0, eval_rows=16, ft_train=16, ft_eval=16, ft_epochs=1.0,
@@ -259,7 +260,7 @@ def _run_one(arm: str, seed: int, s: Settings, out: Path) -> dict[str, Any]:
     done = run_dir / "result.json"
     if done.is_file():
         prev = json.loads(done.read_text(encoding="utf-8"))
-        if prev.get("settings_key") == s.key():
+        if prev.get("settings_key") == s.key(arm):
             return prev
     if run_dir.exists():  # an unfinished or differently configured run of this harness: start it again
         shutil.rmtree(run_dir)
@@ -286,7 +287,7 @@ def _run_one(arm: str, seed: int, s: Settings, out: Path) -> dict[str, Any]:
             result.update(phase())
             result["phase_s"][name] = round(time.perf_counter() - t, 1)
     result["total_s"] = time.perf_counter() - t0
-    result["settings_key"] = s.key()
+    result["settings_key"] = s.key(arm)
     done.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return result
 

@@ -14,7 +14,9 @@ precision that a variant uses, and each ratio is against HF at the same precisio
 All variants train on identical batches from a prepared dataset (`ckbert prepare`): the same
 input_ids and attention masks, the same 15% targets (HF gets them as a [B, L] label tensor with
 -100 elsewhere and computes full-vocabulary logits at every position, as `BertForMaskedLM` does).
-With CMRM, ours also runs the second pass over the batch's sample texts and the contrastive loss.
+With CMRM, ours also runs the second pass over the batch's sample texts and the contrastive loss,
+with the masking and CMRM settings of `--recipe` (default configs/pretrain/demo.yaml: in-batch
+negatives only, texts of the tail alone; `--recipe configs/pretrain/base.yaml` for another).
 AdamW for all, dropout on, the same model shapes (vocabulary 21,130 as the released CKBERT unless
 `--vocab-size`). Within each round every variant (and HF at each precision) takes one step on the
 same batch, in an order rotated by one each round, so that load from other processes hits all of
@@ -53,7 +55,7 @@ from ckbert.model import CKBertForPreTraining
 from ckbert.model_config import load_model_config
 from ckbert.optim import build_optimizer
 from ckbert.train import KeyedRows, PretrainForward, StepContext, autocast_factory, to_device, train_step
-from ckbert.train_config import CMRMConfig, MaskingConfig, OptimConfig
+from ckbert.train_config import CMRMConfig, OptimConfig, load_pretrain_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import finish, machine  # noqa: E402
@@ -96,9 +98,11 @@ def hf_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def bench_size(size: str, batches: list[dict], steps: int, warmup: int, variants: list[Variant] | None = None,
-               vocab: int = VOCAB, device: torch.device | None = None, layers: int | None = None) -> dict:
+               vocab: int = VOCAB, device: torch.device | None = None, layers: int | None = None,
+               cmrm: CMRMConfig | None = None) -> dict:
     """Time each variant (and HF at each precision used) on `batches`; one row per variant."""
     variants = variants or [DEFAULT]
+    cmrm = cmrm or CMRMConfig()
     device = device or torch.device("cpu")
     runnable = [v for v in variants if v.kernels == "torch" or device.type == "cuda"]
     overrides = {"vocab_size": vocab} | ({"num_hidden_layers": layers} if layers else {})
@@ -118,15 +122,16 @@ def bench_size(size: str, batches: list[dict], steps: int, warmup: int, variants
     base_ctx = {}
     for k, model in models.items():
         opt = build_optimizer(model, ocfg)
-        base_ctx[k] = StepContext(None, opt, torch.amp.GradScaler(device.type, enabled=False), None, 0.09, 1.0,
-                                  list(model.parameters()))
+        base_ctx[k] = StepContext(None, opt, torch.amp.GradScaler(device.type, enabled=False), None, cmrm.weight,
+                                  1.0, list(model.parameters()))
         model.train()
     hf_opt = build_optimizer(hf, ocfg)
     hf.train()
 
     def ours_step(v: Variant) -> Callable[[dict], None]:
-        ctx = dataclasses.replace(base_ctx[v.kernels], forward=PretrainForward(models[v.kernels], v.objective == "mlm+cmrm", 0.5),
-                                  autocast=autocast_factory(v.precision, device))
+        forward = PretrainForward(models[v.kernels], v.objective == "mlm+cmrm", cmrm.temperature,
+                                  cmrm.in_batch_negatives)
+        ctx = dataclasses.replace(base_ctx[v.kernels], forward=forward, autocast=autocast_factory(v.precision, device))
         return lambda batch: train_step(ctx, [batch])
 
     def hf_step(precision: str) -> Callable[[dict], None]:
@@ -219,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab-size", type=int, default=VOCAB,
                    help="model vocabulary (default 21,130 as the released CKBERT; smaller for smoke runs)")
     p.add_argument("--layers", type=int, help="encoder layers (default: the size's own; fewer for smoke runs)")
+    p.add_argument("--recipe", type=Path, default=Path(__file__).resolve().parent.parent / "configs/pretrain/demo.yaml",
+                   help="pretraining recipe whose masking and cmrm settings the batches use (default: the demo's)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
@@ -241,7 +248,8 @@ def run(args: argparse.Namespace, variants: list[Variant]) -> int:
     if args.vocab_size < len(tok):
         raise SystemExit(f"error: --vocab-size {args.vocab_size} is smaller than the tokenizer of "
                          f"{args.prepared} ({len(tok)})")
-    collator = PretrainCollator(tok, manifest, kg, MaskingConfig(), CMRMConfig(), int(manifest["seq_len"]) + 2,
+    recipe = load_pretrain_config(args.recipe)
+    collator = PretrainCollator(tok, manifest, kg, recipe.masking, recipe.cmrm, int(manifest["seq_len"]) + 2,
                                 seed=0, pad_to_multiple_of=8)
     rows = KeyedRows(ds)
     # Rows with at least one mention whose entity has a 1-hop fact come first, so that CMRM (the
@@ -249,7 +257,8 @@ def run(args: argparse.Namespace, variants: list[Variant]) -> int:
     degree = kg.degrees()
     with_fact = [r for r, ents in enumerate(ds["ent_id"]) if any(degree[e] > 0 for e in ents)]
     order = with_fact + sorted(set(range(len(ds))) - set(with_fact))
-    results = {"machine": machine(), "bench": "train_step", "device": str(device),
+    results = {"machine": machine(), "bench": "train_step", "device": str(device), "recipe": str(args.recipe),
+               "cmrm": dataclasses.asdict(recipe.cmrm), "masking": dataclasses.asdict(recipe.masking),
                "torch_threads": torch.get_num_threads(), "variants": [v.name for v in variants], "sizes": []}
 
     def make_batches(bs: int, n: int) -> tuple[list[dict], list[float]]:
@@ -268,7 +277,7 @@ def run(args: argparse.Namespace, variants: list[Variant]) -> int:
         bs = args.batch_size if size == "tiny" else max(1, args.batch_size // 4)
         batches, collate_times = make_batches(bs, max(2, min(8, args.steps + args.warmup)))
         r = bench_size(size, [to_device(b, device) for b in batches], args.steps, args.warmup, variants,
-                       args.vocab_size, device, args.layers)
+                       args.vocab_size, device, args.layers, recipe.cmrm)
         r["collate_s"] = statistics.median(collate_times)
         if "ours_step_s" in r:
             r["collate_share_of_step"] = r["collate_s"] / r["ours_step_s"]
