@@ -21,7 +21,9 @@ LayerNorms, dropout and the fused kernels on [T, H] rows; only the attention cor
 to [B, heads, L, head_dim], SDPA with the key mask, the context gathered back) sees the padded
 shape. On CPU under bf16 the matmuls are nearly the whole step, so compute spent on padding is
 pure loss. Without padding nothing is gathered and the layers run on [B, L, H] as before.
-`encode` re-pads its result to [B, L, H] with zeros at the pad positions.
+`encode` re-pads its result to [B, L, H] with zeros at the pad positions. `encode_packed` runs
+several padded batches (the MLM batch and CMRM's sample texts) as one such stream: one GEMM per
+weight and step instead of one per batch, each batch's attention core on its own padded shape.
 
 Every linear layer goes through `kernels.linear`: F.linear, except for bf16 GEMMs on CPUs where
 PyTorch has no oneDNN bf16 (faster operand layouts, decided once per process; the model itself
@@ -31,6 +33,8 @@ The model knows nothing of parallelism, precision or compilation (style.md, item
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -57,21 +61,16 @@ class Embeddings(nn.Module):
         self.dropout_p = config.hidden_dropout_prob
 
     def forward(
-        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, index: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, positions: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """input_ids [B, L] -> [B, L, H]; with `index` ([T] flat indices into B*L, the real tokens)
-        -> [T, H], the same rows. The sum order (word + type) + position follows HF."""
-        length = input_ids.shape[1]
-        if length > self.position_embeddings.num_embeddings:
-            raise ValueError(f"sequence length {length} > max_position_embeddings "
-                             f"{self.position_embeddings.num_embeddings}")
-        if index is None:
-            positions = self.position_embeddings.weight[:length]  # [L, H], broadcast over B
+        """input_ids [B, L] -> [B, L, H]; unpadded, input_ids [T] (real tokens) with `positions` [T]
+        (each one's position in its row; the caller checks the lengths) -> [T, H]. The sum order
+        (word + type) + position follows HF."""
+        if positions is None:
+            check_length(input_ids.shape[1], self.position_embeddings.num_embeddings)
+            positions = self.position_embeddings.weight[: input_ids.shape[1]]  # [L, H], broadcast over B
         else:
-            input_ids = input_ids.reshape(-1).index_select(0, index)  # [T]
-            if token_type_ids is not None:
-                token_type_ids = token_type_ids.reshape(-1).index_select(0, index)
-            positions = self.position_embeddings(index % length)  # [T, H]: position within its row
+            positions = self.position_embeddings(positions)  # [T, H]
         x = self.word_embeddings(input_ids)
         if token_type_ids is None:
             x = x + self.token_type_embeddings.weight[0]
@@ -81,6 +80,29 @@ class Embeddings(nn.Module):
         if hasattr(self, "LayerNorm"):
             x = F.layer_norm(x, x.shape[-1:], self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
         return F.dropout(x, self.dropout_p, self.training)
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def check_length(length: int, max_positions: int) -> None:
+    if length > max_positions:
+        raise ValueError(f"sequence length {length} > max_position_embeddings {max_positions}")
+
+
+@dataclass(frozen=True)
+class Unpadded:
+    """Where the rows of an unpadded [T, H] stream come from: one or more padded batches, each with
+    its key mask [B, 1, 1, L] (True = real token) and the flat indices [T_i] of its real tokens in
+    B*L; the stream holds batch 0's T_0 rows, then batch 1's. Only the attention core reads it."""
+
+    masks: tuple[torch.Tensor, ...]
+    indices: tuple[torch.Tensor, ...]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [i.numel() for i in self.indices]
 
 
 class SelfAttention(nn.Module):
@@ -95,10 +117,10 @@ class SelfAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, index: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rows: Unpadded | None = None) -> torch.Tensor:
         """Padded: x [B, L, H], mask [B, 1, 1, L] bool (True = attend) or None -> context [B, L, H].
-        Unpadded: x [T, H] (the real tokens), mask [B, 1, 1, L], index [T] (flat indices into B*L)
-        -> context [T, H]; the linear layer runs on the T rows, only SDPA on the padded shape."""
+        Unpadded: x [T, H] (the real tokens of `rows`' batches) -> context [T, H]; the linear layer
+        runs on the T rows, only SDPA on each batch's padded shape."""
         h = x.shape[-1]
         # One matmul for q, k and v. Concatenating the three [H, H] weights per forward was measured
         # (issue 13, 1 CPU thread): 0.05 ms against 21 ms for this linear's forward + backward at
@@ -107,19 +129,30 @@ class SelfAttention(nn.Module):
         w = torch.cat([self.query.weight, self.key.weight, self.value.weight])
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
         qkv = linear(x, w, bias)  # [B, L, 3H] or [T, 3H]
-        if index is None:
-            b, length = x.shape[:2]
-        else:
-            b, length = mask.shape[0], mask.shape[-1]
-            # zeros at the pad positions: as keys they are masked, as queries their rows are dropped
-            qkv = qkv.new_zeros(b * length, 3 * h).index_copy(0, index, qkv)
-        qkv = qkv.view(b, length, 3, self.num_heads, h // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, L, head_dim]
+        if rows is None:
+            return self._attend(qkv, mask)
+        parts = qkv.split(rows.sizes)
+        ctx = [self._attend_rows(part, m, i) for part, m, i in zip(parts, rows.masks, rows.indices)]
+        return _cat(ctx)
+
+    def _attend_rows(self, qkv: torch.Tensor, mask: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """qkv [T, 3H] of one batch's real tokens -> context [T, H], through its padded shape."""
+        b, length = mask.shape[0], mask.shape[-1]
+        if b * length == 0:  # an empty batch (e.g. no CMRM sample texts)
+            return qkv[:, : qkv.shape[1] // 3]
+        # zeros at the pad positions: as keys they are masked, as queries their rows are dropped
+        padded = qkv.new_zeros(b * length, qkv.shape[1]).index_copy(0, index, qkv)
+        ctx = self._attend(padded.view(b, length, -1), mask)
+        return ctx.view(b * length, -1).index_select(0, index)
+
+    def _attend(self, qkv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """qkv [B, L, 3H] -> context [B, L, H]: SDPA with the key mask."""
+        b, length, h = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        q, k, v = qkv.view(b, length, 3, self.num_heads, h // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
         ctx = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0
-        )
-        ctx = ctx.transpose(1, 2).reshape(b, length, h)
-        return ctx if index is None else ctx.view(b * length, h).index_select(0, index)
+        )  # each [B, heads, L, head_dim]
+        return ctx.transpose(1, 2).reshape(b, length, h)
 
 
 class Dense(nn.Module):
@@ -174,11 +207,11 @@ class Layer(nn.Module):
         return kernels.bias_gelu(linear(x, d.weight), d.bias, self.approximate, backend=self.backend)
 
     def forward_post_ln(
-        self, x: torch.Tensor, mask: torch.Tensor | None, index: torch.Tensor | None = None
+        self, x: torch.Tensor, mask: torch.Tensor | None, rows: Unpadded | None = None
     ) -> torch.Tensor:
-        """x [B, L, H] (padded) or [T, H] with `index` (unpadded) -> the same shape."""
+        """x [B, L, H] (padded) or [T, H] with `rows` (unpadded) -> the same shape."""
         att, out = self.attention.output, self.output
-        ctx = self.attention.self(x, mask, index)
+        ctx = self.attention.self(x, mask, rows)
         x = kernels.bias_dropout_add_layernorm(
             linear(ctx, att.dense.weight), att.dense.bias, x, att.LayerNorm.weight, att.LayerNorm.bias,
             self.eps, self.p, self.training, backend=self.backend,
@@ -191,9 +224,9 @@ class Layer(nn.Module):
 
     def forward_pre_ln(
         self, pending: torch.Tensor | None, residual: torch.Tensor, mask: torch.Tensor | None,
-        index: torch.Tensor | None = None,
+        rows: Unpadded | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`residual` [B, L, H] (or [T, H] with `index`, unpadded) is the stream; `pending` (same
+        """`residual` [B, L, H] (or [T, H] with `rows`, unpadded) is the stream; `pending` (same
         shape) the previous sublayer's output
         (bias included, dropout not yet applied) that is not yet added to it (None before the first
         layer). Returns the new (pending, residual), so that each dropout + add is fused with the
@@ -207,7 +240,7 @@ class Layer(nn.Module):
         # the attention output's bias and dropout are fused into the add + LayerNorm here
         d, ln = self.attention.output.dense, self.ln
         y, residual = kernels.add_layernorm(
-            linear(self.attention.self(y, mask, index), d.weight), residual, ln.weight, ln.bias, self.eps,
+            linear(self.attention.self(y, mask, rows), d.weight), residual, ln.weight, ln.bias, self.eps,
             backend=self.backend, bias=d.bias, p=self.p, training=self.training,
         )
         d = self.output.dense
@@ -231,15 +264,15 @@ class Encoder(nn.Module):
         self.p = config.hidden_dropout_prob
         self.backend = backend
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, index: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, L, H] (padded) or [T, H] with `index` [T] (unpadded) -> the last hidden states, same shape."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rows: Unpadded | None = None) -> torch.Tensor:
+        """x [B, L, H] (padded) or [T, H] with `rows` (unpadded) -> the last hidden states, same shape."""
         if self.layout == "post_ln":
             for layer in self.layer:
-                x = layer.forward_post_ln(x, mask, index)
+                x = layer.forward_post_ln(x, mask, rows)
             return x
         pending = None
         for layer in self.layer:
-            pending, x = layer.forward_pre_ln(pending, x, mask, index)
+            pending, x = layer.forward_pre_ln(pending, x, mask, rows)
         if pending is None:  # no layers
             return F.layer_norm(x, x.shape[-1:], self.ln.weight, self.ln.bias, self.ln.eps)
         y, _ = dropout_add_layernorm(pending, x, self.ln, self.p, self.training, self.backend)
@@ -356,10 +389,39 @@ class CKBertForPreTraining(nn.Module):
         if bool(attention_mask.all()):
             hidden = self._encode_padded(input_ids, attention_mask, token_type_ids)
             return hidden.reshape(-1, self.config.hidden_size), None
-        index = attention_mask.reshape(-1).nonzero().squeeze(1)  # [T]
-        mask = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, L]: masks keys only
-        x = self.bert.embeddings(input_ids, token_type_ids, index)  # [T, H]
-        return self.bert.encoder(x, mask, index), index
+        hidden, rows = self._encode_rows([(input_ids, attention_mask, token_type_ids)])
+        return hidden, rows.indices[0]
+
+    def encode_packed(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """Several padded batches [(input_ids [B_i, L_i], attention_mask [B_i, L_i])] in one encoder
+        pass over their real tokens -> [hidden [B_i, L_i, H]], zeros at pad positions; the same
+        states as `encode` on each batch (attention never crosses batches or rows). What it saves
+        is per-pass work that does not scale with tokens: one GEMM per weight (and one weight
+        gradient) instead of one per batch, one embedding gradient, one FSDP gather per layer."""
+        hidden, rows = self._encode_rows([(ids, mask, None) for ids, mask in batches])
+        h = self.config.hidden_size
+        return [part.new_zeros(ids.numel(), h).index_copy(0, index, part).view(*ids.shape, h)
+                for part, (ids, _), index in zip(hidden.split(rows.sizes), batches, rows.indices)]
+
+    def _encode_rows(self, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+                     ) -> tuple[torch.Tensor, Unpadded]:
+        """[(input_ids [B, L], attention_mask [B, L], token_type_ids or None)] -> (hidden [T, H] of
+        every batch's real tokens, batch after batch, row-major; where they come from)."""
+        ids, types, positions, masks, indices = [], [], [], [], []
+        for input_ids, attention_mask, token_type_ids in batches:
+            length = input_ids.shape[1]
+            check_length(length, self.config.max_position_embeddings)
+            index = attention_mask.reshape(-1).nonzero().squeeze(1)  # [T_i]
+            ids.append(input_ids.reshape(-1).index_select(0, index))
+            types.append(torch.zeros_like(ids[-1]) if token_type_ids is None
+                         else token_type_ids.reshape(-1).index_select(0, index))
+            positions.append(index % length)  # position within its row
+            masks.append(attention_mask.bool()[:, None, None, :])  # [B, 1, 1, L]: masks keys only
+            indices.append(index)
+        no_types = all(t is None for _, _, t in batches)
+        x = self.bert.embeddings(_cat(ids), None if no_types else _cat(types), _cat(positions))
+        rows = Unpadded(tuple(masks), tuple(indices))
+        return self.bert.encoder(x, None, rows), rows
 
     def _encode_padded(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None

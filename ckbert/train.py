@@ -60,17 +60,21 @@ class PretrainForward(nn.Module):
         """The terms {"mlm", "cmrm"}; with `detail` (evaluation), instead the MLM logits at the
         targets [M, V], the CMRM scores [N, 1+K] and the collapse signal (ckbert.heldout)."""
         model = self.model
-        hidden = model.encode(batch["input_ids"], batch["attention_mask"])  # [B, L, H]
+        if self.cmrm_enabled:  # CMRM's sample texts ride in the same encoder pass (`encode_packed`)
+            hidden, sample_hidden = model.encode_packed([(batch["input_ids"], batch["attention_mask"]),
+                                                         (batch["sample_input_ids"], batch["sample_attention_mask"])])
+        else:
+            hidden, sample_hidden = model.encode(batch["input_ids"], batch["attention_mask"]), None  # [B, L, H]
         if detail:
-            return self._detail(batch, hidden)
+            return self._detail(batch, hidden, sample_hidden)
         terms = {"mlm": model.mlm_loss(hidden, batch["mlm_positions"], batch["mlm_labels"])}
         if not self.cmrm_enabled:
             terms["cmrm"] = hidden.sum() * 0.0
             return terms
-        # CMRM (method.md, sec. 2): anchors from the MLM pass, samples from a second pass. The second
-        # pass runs even for a batch without mentions (S = 0): under FSDP every rank must make the
-        # same encoder calls, since each call all-gathers the layers' parameters (a collective).
-        anchor, sample_emb, zero = self._cmrm_inputs(batch, hidden)
+        # CMRM (method.md, sec. 2): anchors from the MLM pass, samples [S, Ls, H] from the same pass
+        # over their own rows. The pass includes the sample texts even for a batch without mentions
+        # (S = 0), so that every rank makes the same encoder calls (under FSDP each call all-gathers).
+        anchor, sample_emb, zero = self._cmrm_inputs(batch, hidden, sample_hidden)
         terms["cmrm"] = zero if anchor is None else cmrm_loss(anchor, sample_emb, batch["sample_index"],
                                                               self.temperature, self._exclude(batch))
         return terms
@@ -79,23 +83,22 @@ class PretrainForward(nn.Module):
         """In-batch negatives: which texts are not a mention's candidates (the collator's)."""
         return batch["sample_exclude"] if self.in_batch_negatives else None
 
-    def _cmrm_inputs(self, batch: dict[str, torch.Tensor], hidden: torch.Tensor):
-        """(mention anchors [N, H], pooled samples [S, H], a zero tied to both passes); the first two
-        are None when the batch has no mention."""
-        model = self.model
-        sample_hidden = model.encode(batch["sample_input_ids"], batch["sample_attention_mask"])  # [S, Ls, H]
+    def _cmrm_inputs(self, batch: dict[str, torch.Tensor], hidden: torch.Tensor, sample_hidden: torch.Tensor):
+        """(mention anchors [N, H], pooled samples [S, H], a zero tied to both); the first two are
+        None when the batch has no mention."""
         zero = hidden.sum() * 0.0 + sample_hidden.sum() * 0.0
         if batch["sample_index"].shape[0] == 0:
             return None, None, zero
         anchor = mention_anchors(hidden, batch["mention_index"], batch["mention_start"], batch["mention_end"])
         return anchor, masked_mean_pool(sample_hidden, batch["sample_pool_mask"]), zero
 
-    def _detail(self, batch: dict[str, torch.Tensor], hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _detail(self, batch: dict[str, torch.Tensor], hidden: torch.Tensor,
+                sample_hidden: torch.Tensor | None) -> dict[str, torch.Tensor]:
         model = self.model
         out = {"mlm_logits": model.mlm_logits(hidden, batch["mlm_positions"]),
                "cosine": heldout.mean_pairwise_cosine(hidden, batch["attention_mask"])}
-        if self.cmrm_enabled:  # the second pass runs on every rank, as in training (FSDP)
-            anchor, sample_emb, _ = self._cmrm_inputs(batch, hidden)
+        if self.cmrm_enabled:
+            anchor, sample_emb, _ = self._cmrm_inputs(batch, hidden, sample_hidden)
             if anchor is not None:
                 out["cmrm_scores"] = cmrm_scores(anchor, sample_emb, batch["sample_index"], self.temperature,
                                                  self._exclude(batch))

@@ -108,3 +108,28 @@ def test_empty_batch(random_model):
     ids = torch.zeros(0, 6, dtype=torch.long)
     hidden = model.encode(ids, torch.ones_like(ids))
     assert hidden.shape == (0, 6, config.hidden_size)
+
+
+@pytest.mark.parametrize("samples", [([4, 2, 6, 1], 6), ([], 6)], ids=["samples", "no-samples"])
+def test_packed_batches_equal_each_batch_alone(random_model, samples):
+    """`encode_packed` (the MLM batch and CMRM's sample texts in one pass) gives every batch the
+    states and the parameters the gradients of encoding each batch on its own."""
+    model, config = random_model
+    main = _padded_batch(config.vocab_size, config.pad_token_id, [24, 3, 1, 7, 2], 24)[:2]
+    short = _padded_batch(config.vocab_size, config.pad_token_id, *samples, seed=4)[:2]
+    weights = [torch.randn(ids.numel(), config.hidden_size, generator=torch.Generator().manual_seed(6 + k))
+               for k, (ids, _) in enumerate((main, short))]
+    results = {}
+    for packed in (False, True):
+        model.zero_grad(set_to_none=True)
+        hidden = model.encode_packed([main, short]) if packed else [model.encode(*main), model.encode(*short)]
+        loss = _loss(model, hidden[0], main[1], weights[0])
+        loss = loss + (hidden[1].reshape(-1, config.hidden_size) * weights[1]).sum()  # pads are zeros either way
+        loss.backward()
+        results[packed] = [h.detach() for h in hidden], {n: p.grad.clone() for n, p in model.named_parameters()}
+    (h_alone, g_alone), (h_packed, g_packed) = results[False], results[True]
+    for alone, packed, (ids, _) in zip(h_alone, h_packed, (main, short)):
+        assert packed.shape == alone.shape == (*ids.shape, config.hidden_size)
+        torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
+    for name in g_alone:
+        torch.testing.assert_close(g_packed[name], g_alone[name], rtol=1e-4, atol=1e-5, msg=name)

@@ -71,3 +71,45 @@ def test_cmrm_no_mentions_is_zero_with_graph():
     out = cmrm_loss(anchor, samples, torch.zeros(0, 5, dtype=torch.long), 0.5)
     assert out.item() == 0.0
     out.backward()
+
+
+@pytest.mark.parametrize("in_batch", [False, True], ids=["hop-negatives", "in-batch"])
+def test_pretrain_forward_packs_the_sample_texts_without_changing_the_loss(prepared, in_batch):
+    """`PretrainForward` encodes the MLM batch and the sample texts in one pass (`encode_packed`):
+    on collated batches of real data, its terms and gradients equal two separate passes."""
+    from ckbert.collator import PretrainCollator
+    from ckbert.model import CKBertForPreTraining
+    from ckbert.model_config import load_model_config
+    from ckbert.train import KeyedRows, PretrainForward
+    from ckbert.train_config import CMRMConfig, MaskingConfig
+
+    manifest, ds, kg, tok = prepared
+    cmrm = CMRMConfig(in_batch_negatives=in_batch, negatives=0 if in_batch else 4, render="tail" if in_batch
+                      else "mention_tail")
+    batch = PretrainCollator(tok, manifest, kg, MaskingConfig(), cmrm, 64, 0)(
+        KeyedRows(ds).__getitems__([(0, r) for r in range(48)]))
+    assert batch["sample_index"].shape[0] > 2  # mentions with a positive to score
+    torch.manual_seed(0)
+    model = CKBertForPreTraining(load_model_config("tiny", {"vocab_size": len(tok), "num_hidden_layers": 2,
+                                                             "hidden_dropout_prob": 0.0,
+                                                             "attention_probs_dropout_prob": 0.0})).train()
+    forward = PretrainForward(model, True, 0.1, in_batch)
+    results = []
+    for packed in (True, False):
+        model.zero_grad(set_to_none=True)
+        if packed:
+            terms = forward(batch)
+        else:  # the reference: each batch through the encoder on its own
+            hidden = model.encode(batch["input_ids"], batch["attention_mask"])
+            samples = model.encode(batch["sample_input_ids"], batch["sample_attention_mask"])
+            anchor = mention_anchors(hidden, batch["mention_index"], batch["mention_start"], batch["mention_end"])
+            terms = {"mlm": model.mlm_loss(hidden, batch["mlm_positions"], batch["mlm_labels"]),
+                     "cmrm": cmrm_loss(anchor, masked_mean_pool(samples, batch["sample_pool_mask"]),
+                                       batch["sample_index"], 0.1, batch["sample_exclude"] if in_batch else None)}
+        (terms["mlm"] + 0.5 * terms["cmrm"]).backward()
+        results.append(({k: v.item() for k, v in terms.items()},
+                        {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (t_packed, g_packed), (t_alone, g_alone) = results
+    assert t_packed == pytest.approx(t_alone, rel=1e-5)
+    for name in g_alone:
+        torch.testing.assert_close(g_packed[name], g_alone[name], rtol=1e-4, atol=1e-6, msg=name)
