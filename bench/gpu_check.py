@@ -239,7 +239,8 @@ def step_starter(a: argparse.Namespace, out: Path, log) -> dict[str, Any]:
                             stdout=f, stderr=log, cwd=REPO, timeout=max(a.deadline - time.time(), 1)).returncode
     res["eval_rc"] = rc
     res["heldout"] = [{"name": name, **json.loads(ln)} for name, ln in
-                      zip(models, [ln for ln in eval_json.read_text(encoding="utf-8").splitlines() if ln.strip()])]
+                      zip(models, [ln for ln in eval_json.read_text(encoding="utf-8").splitlines() if ln.strip()],
+                          strict=False)]  # a failed eval leaves fewer lines
     res["ok"] = rc == 0 and len(res["heldout"]) == len(models)
     return res
 

@@ -121,7 +121,6 @@ class SelfAttention(nn.Module):
         """Padded: x [B, L, H], mask [B, 1, 1, L] bool (True = attend) or None -> context [B, L, H].
         Unpadded: x [T, H] (the real tokens of `rows`' batches) -> context [T, H]; the linear layer
         runs on the T rows, only SDPA on each batch's padded shape."""
-        h = x.shape[-1]
         # One matmul for q, k and v. Concatenating the three [H, H] weights per forward was measured
         # (issue 13, 1 CPU thread): 0.05 ms against 21 ms for this linear's forward + backward at
         # H 256, T 2048, and 0.6 ms against 76 ms at H 768, T 1024; under 1%, so the parameters
@@ -132,7 +131,7 @@ class SelfAttention(nn.Module):
         if rows is None:
             return self._attend(qkv, mask)
         parts = qkv.split(rows.sizes)
-        ctx = [self._attend_rows(part, m, i) for part, m, i in zip(parts, rows.masks, rows.indices)]
+        ctx = [self._attend_rows(part, m, i) for part, m, i in zip(parts, rows.masks, rows.indices, strict=True)]
         return _cat(ctx)
 
     def _attend_rows(self, qkv: torch.Tensor, mask: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -401,7 +400,7 @@ class CKBertForPreTraining(nn.Module):
         hidden, rows = self._encode_rows([(ids, mask, None) for ids, mask in batches])
         h = self.config.hidden_size
         return [part.new_zeros(ids.numel(), h).index_copy(0, index, part).view(*ids.shape, h)
-                for part, (ids, _), index in zip(hidden.split(rows.sizes), batches, rows.indices)]
+                for part, (ids, _), index in zip(hidden.split(rows.sizes), batches, rows.indices, strict=True)]
 
     def _encode_rows(self, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
                      ) -> tuple[torch.Tensor, Unpadded]:

@@ -128,7 +128,7 @@ def test_packed_batches_equal_each_batch_alone(random_model, samples):
         loss.backward()
         results[packed] = [h.detach() for h in hidden], {n: p.grad.clone() for n, p in model.named_parameters()}
     (h_alone, g_alone), (h_packed, g_packed) = results[False], results[True]
-    for alone, packed, (ids, _) in zip(h_alone, h_packed, (main, short)):
+    for alone, packed, (ids, _) in zip(h_alone, h_packed, (main, short), strict=True):
         assert packed.shape == alone.shape == (*ids.shape, config.hidden_size)
         torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
     for name in g_alone:
