@@ -45,7 +45,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 STEPS = ("tests", "kernels", "steps", "memory", "starter")
 # seconds per step on the GPU (about 8 minutes in all, the issue's bound)
-BUDGET = {"tests": 75, "kernels": 60, "steps": 90, "memory": 75, "starter": 170}
+BUDGET = {"tests": 50, "kernels": 90, "steps": 80, "memory": 60, "starter": 170}
 SMOKE_BUDGET = {"tests": 300, "kernels": 300, "steps": 300, "memory": 120, "starter": 300}
 # what the steps import; the device image lacks `datasets` (carried as wheels by gpu_check.sh)
 NEEDS = ("torch", "transformers", "datasets", "pyarrow", "safetensors", "tokenizers", "yaml", "numpy", "pytest")
@@ -96,16 +96,22 @@ def pytest_counts(text: str) -> dict[str, int]:
 
 
 def step_tests(a: argparse.Namespace, out: Path, log) -> dict[str, Any]:
-    py = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    """The gpu-marked tests of the whole suite, then tests/kernels. Test modules that cannot be
+    imported there (they need jieba or pyahocorasick, absent on the device) are collection errors:
+    listed, not counted as failures; an error inside a test (`ERROR file::test`) is a failure."""
+    py = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors", "-rfE"]
     res: dict[str, Any] = {}
     for name, args in (("gpu_marked", ["-m", "gpu", "tests"]),
                        ("kernels", ["tests/kernels/test_bias_gelu.py"] if a.smoke else ["tests/kernels"])):
         start = log.tell()
         rc = run_cmd(py + args, log, a.deadline - time.time())
         log.flush()
-        text = Path(log.name).read_text(encoding="utf-8", errors="replace")[start:]
-        res[name] = {"rc": rc, **pytest_counts(text)}
-    res["ok"] = all(r["rc"] in (0, 5) and not r.get("failed") for r in res.values() if isinstance(r, dict))
+        text = Path(log.name).read_bytes()[start:].decode("utf-8", errors="replace")
+        errors = re.findall(r"^ERROR (\S+)", text, flags=re.M)
+        res[name] = {"rc": rc, **pytest_counts(text), "collection_errors": sorted({e for e in errors if "::" not in e}),
+                     "test_errors": sorted({e for e in errors if "::" in e})}
+    res["ok"] = all(not r.get("failed") and not r["test_errors"] and r["rc"] != 124 and
+                    r.get("passed", 0) + r.get("skipped", 0) > 0 for r in res.values())
     return res
 
 
@@ -308,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="checkpoints and step results (kept out of --out, whose files come back)")
     p.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS))
     p.add_argument("--smoke", action="store_true", help="CPU, tiny sizes: the code path of every step")
-    p.add_argument("--starter-minutes", type=float, default=1.9)
-    p.add_argument("--continue-minutes", type=float, default=0.6)
+    p.add_argument("--starter-minutes", type=float, default=1.5)
+    p.add_argument("--continue-minutes", type=float, default=0.5)
     p.add_argument("--batch-size", type=int, default=128, help="starter and continuation on the GPU")
     p.add_argument("--workers", type=int, default=6, help="DataLoader workers on the GPU machine")
     p.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)  # internal: run one step in this process

@@ -46,6 +46,7 @@ import torch
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}  # bf16 dense, SXM
 VOCAB = 21128  # bert-base-chinese
+HEAD_VOCAB = 21248  # the released huge checkpoint's vocabulary, padded to a multiple of 128
 MLM_FRACTION = 0.15
 
 
@@ -121,8 +122,8 @@ def kernel_cases(smoke: bool, device: torch.device, dtype: torch.dtype) -> list[
     from ckbert import kernels
 
     tokens = 48 if smoke else 16384  # 32 sequences x 512
-    widths = [(24, 64)] if smoke else [(768, 3072), (1024, 4096)]
-    vocab, mlm_rows = (97, 7) if smoke else (VOCAB, round(tokens * MLM_FRACTION))
+    widths = [(24, 64)] if smoke else [(768, 3072), (1024, 4096), (2048, 8192)]  # base, large, huge
+    vocab, mlm_rows = (97, 7) if smoke else (HEAD_VOCAB, round(tokens * MLM_FRACTION))
     n_anchor, k_cand = (5, 4) if smoke else (512, 16)
     cases = []
     for d, ffn in widths:
