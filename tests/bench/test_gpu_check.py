@@ -54,8 +54,10 @@ def test_smoke_runs_every_step_and_reports_it(tmp_path, small_prepared):
     assert r.returncode == 0 and statuses == dict.fromkeys(("tests", "kernels", "steps", "memory", "starter"), "ok"), \
         (statuses, r.stdout[-3000:], [(p.name, p.read_text()[-2000:]) for p in out.glob("*.log")])
     res = {name: v["result"] for name, v in record["results"].items()}
-    # tests: the gpu-marked ones are collected (and skipped without CUDA); a kernel test file passed
-    assert res["tests"]["gpu_marked"]["skipped"] > 0 and res["tests"]["kernels"]["passed"] > 0
+    # tests: the gpu-marked ones are collected (and skipped without CUDA); modules that import
+    # pyahocorasick cannot be collected where it is absent, and are listed, not failed
+    assert res["tests"]["skipped"] > 0 and not res["tests"].get("failed") and not res["tests"]["test_errors"]
+    assert "tests/data_prep/test_linker_tokenizer.py" in res["tests"]["collection_errors"]
     # kernels and steps: bench/gpu_kernels.py's rows came back
     assert any(row["section"] == "kernels" for row in res["kernels"]["rows"])
     assert {row["impl"] for row in res["steps"]["rows"]} >= {"HF BertForMaskedLM (sdpa)", "ckbert (kernels=torch)"}
