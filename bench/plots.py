@@ -72,8 +72,9 @@ def plot_ablation_metrics(agg: dict[str, dict[str, dict[str, float]]], names: di
     for ax, (key, title) in zip(axes.flat, metrics, strict=False):
         present = [a for a in arms if key in agg[a]]
         means = [agg[a][key]["mean"] for a in present]
-        lo = [agg[a][key]["mean"] - agg[a][key]["min"] for a in present]
-        hi = [agg[a][key]["max"] - agg[a][key]["mean"] for a in present]
+        # clamped: equal values on every seed (the starter arm) can put the float mean an ulp outside
+        lo = [max(0.0, agg[a][key]["mean"] - agg[a][key]["min"]) for a in present]
+        hi = [max(0.0, agg[a][key]["max"] - agg[a][key]["mean"]) for a in present]
         ax.bar(range(len(present)), means, yerr=[lo, hi], capsize=3,
                color=[colors[arms.index(a) % len(colors)] for a in present])
         ax.set_xticks(range(len(present)), [f"({a})" for a in present])

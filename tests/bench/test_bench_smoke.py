@@ -123,6 +123,20 @@ def test_ablation_summary_and_noise_screen(bench_module):
     assert "noise" in bench.markdown(bench.aggregate(runs_close, ["a", "c"]), ["a", "c"], [0, 1, 2])
 
 
+def test_metrics_plot_takes_an_arm_equal_on_every_seed(bench_module, tmp_path):
+    """The starter arm scores the same on every seed; the float mean of three 0.7s is an ulp below
+    0.7, which once made a negative error bar and failed the whole ablation after all its runs."""
+    bench = bench_module("ablation")
+    plots = bench_module("plots")
+    runs = [{"arm": arm, "seed": s, "heldout_mlm": v} for s in range(3)
+            for arm, v in (("s", 0.7), ("c", 0.6 + 0.01 * s))]
+    agg = bench.aggregate(runs, ["s", "c"])
+    assert agg["s"]["heldout_mlm"]["mean"] < agg["s"]["heldout_mlm"]["min"]  # the case itself
+    out = plots.plot_ablation_metrics(agg, {"s": "starter", "c": "LMLM"}, [("heldout_mlm", "MLM")],
+                                      tmp_path / "m.png")
+    assert out.is_file() and out.stat().st_size > 0
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path of run_all")
 def test_run_all_says_the_gpu_section_was_not_run(bench_module, tmp_path, capsys):
     bench = bench_module("run_all")
