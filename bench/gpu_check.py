@@ -144,10 +144,10 @@ def step_memory(a: argparse.Namespace, out: Path, log) -> dict[str, Any]:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seq = 128
-    overrides = {"vocab_size": plan.DEFAULT_VOCAB}
+    overrides = {"vocab_size": 21248}  # huge pads its vocabulary to a multiple of 128 (the released checkpoint)
     if a.smoke:
         overrides |= {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128,
-                      "vocab_size": 500}
+                      "vocab_size": 512}
     config = load_model_config("huge", overrides)
     targets = math.ceil(0.15 * seq)
     work = plan.Workload(seq_len=seq, cmrm_tokens=0, mlm_targets=targets, precision="bf16",
@@ -225,7 +225,7 @@ def step_starter(a: argparse.Namespace, out: Path, log) -> dict[str, Any]:
     recipes = {"starter": "configs/pretrain/starter.yaml", "continued": "configs/pretrain/demo.yaml"}
     for name, overrides in runs.items():
         t0 = time.time()
-        rc = run_cmd(cli + ["pretrain", recipes[name], *overrides], log, a.deadline - time.time() - 30)
+        rc = run_cmd(cli + ["pretrain", "--config", recipes[name], *overrides], log, a.deadline - time.time() - 30)
         rc = rc or run_cmd(cli + ["export", str(work / name), "--out", str(work / f"{name}_hf"), "--overwrite"], log,
                            a.deadline - time.time())
         metrics = work / name / "metrics.jsonl"
