@@ -13,7 +13,7 @@ import yaml
 
 from ckbert import heldout
 from ckbert.cli import main as cli
-from ckbert.collator import PretrainCollator
+from ckbert.collator import CMRM_STAT_KEYS, PretrainCollator
 from ckbert.optim import BudgetSchedule
 from ckbert.train import keep_until
 from ckbert.train_config import CMRMConfig, MaskingConfig
@@ -129,7 +129,7 @@ def test_keep_until_drops_records_after_the_checkpoint(tmp_path):
 def test_collator_drops_a_mention_left_without_negative(prepared):
     manifest, ds, kg, tok = prepared
     col = PretrainCollator(tok, manifest, kg, MaskingConfig(), CMRMConfig(negatives=2), 64, 0)
-    stats = dict.fromkeys(("mentions", "no_positive", "no_negative", "shortfall", "missing_slots", "merged"), 0)
+    stats = dict.fromkeys(CMRM_STAT_KEYS, 0)
     stats["mentions"] = 2
     # "中☃" and "中☄" both tokenize to 中 [UNK]: the first mention's only negative merges with its positive
     texts = ["中☃", "中☄", "中国", "中文"]
@@ -138,6 +138,7 @@ def test_collator_drops_a_mention_left_without_negative(prepared):
     assert kept.tolist() == [1] and index.shape == (1, 3)
     assert stats["no_negative"] == 1 and stats["mentions"] == 1 and stats["merged"] == 1
     assert (index[0] >= 0).sum() == 3  # the kept mention: positive + 2 distinct negatives
+    assert stats["candidates"] == 3  # its softmax width; the dropped mention adds none
 
 
 def run_config(root: Path, prepared_dir: Path, model_yaml: Path, **train) -> Path:
