@@ -69,7 +69,7 @@ class CMRMConfig:
     temperature: float = 0.5
     negatives: int = 4  # K negatives per mention, entities at hop 2..3
     max_hop: int = 3
-    mentions_per_sequence: int = 4  # cap: keeps the second encoder pass a bounded share of the step
+    mentions_per_sequence: int = 4  # cap: keeps the sample texts a bounded share of the encoder pass
     sample_chars: int = 16  # each sample text ("mention + tail") is cut to this many characters
     relation_in_text: bool = False  # render "mention relation tail" instead of "mention tail"
     # Also score every other sample text of the batch (texts whose tail is a 1-hop neighbour of the
