@@ -86,6 +86,12 @@ def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
+def _repad(rows: torch.Tensor, index: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """[T, H] states of the real tokens at flat `index` into a [B, L] batch -> [B, L, H], zeros at pads."""
+    h = rows.shape[-1]
+    return rows.new_zeros(shape.numel(), h).index_copy(0, index, rows).view(*shape, h)
+
+
 def check_length(length: int, max_positions: int) -> None:
     if length > max_positions:
         raise ValueError(f"sequence length {length} > max_position_embeddings {max_positions}")
@@ -372,10 +378,8 @@ class CKBertForPreTraining(nn.Module):
         (the reference for tests). Without padding both are the same computation."""
         if not unpad or attention_mask is None or bool(attention_mask.all()):
             return self._encode_padded(input_ids, attention_mask, token_type_ids)
-        b, length = input_ids.shape
-        hidden, index = self.encode_unpadded(input_ids, attention_mask, token_type_ids)
-        h = self.config.hidden_size
-        return hidden.new_zeros(b * length, h).index_copy(0, index, hidden).view(b, length, h)
+        hidden, rows = self._encode_rows([(input_ids, attention_mask, token_type_ids)])
+        return _repad(hidden, rows.indices[0], input_ids.shape)
 
     def encode_unpadded(
         self,
@@ -398,27 +402,27 @@ class CKBertForPreTraining(nn.Module):
         is per-pass work that does not scale with tokens: one GEMM per weight (and one weight
         gradient) instead of one per batch, one embedding gradient, one FSDP gather per layer."""
         hidden, rows = self._encode_rows([(ids, mask, None) for ids, mask in batches])
-        h = self.config.hidden_size
-        return [part.new_zeros(ids.numel(), h).index_copy(0, index, part).view(*ids.shape, h)
+        return [_repad(part, index, ids.shape)
                 for part, (ids, _), index in zip(hidden.split(rows.sizes), batches, rows.indices, strict=True)]
 
     def _encode_rows(self, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
                      ) -> tuple[torch.Tensor, Unpadded]:
         """[(input_ids [B, L], attention_mask [B, L], token_type_ids or None)] -> (hidden [T, H] of
         every batch's real tokens, batch after batch, row-major; where they come from)."""
+        with_types = any(t is not None for _, _, t in batches)  # else type 0 everywhere, no tensor
         ids, types, positions, masks, indices = [], [], [], [], []
         for input_ids, attention_mask, token_type_ids in batches:
             length = input_ids.shape[1]
             check_length(length, self.config.max_position_embeddings)
             index = attention_mask.reshape(-1).nonzero().squeeze(1)  # [T_i]
             ids.append(input_ids.reshape(-1).index_select(0, index))
-            types.append(torch.zeros_like(ids[-1]) if token_type_ids is None
-                         else token_type_ids.reshape(-1).index_select(0, index))
+            if with_types:
+                types.append(torch.zeros_like(ids[-1]) if token_type_ids is None
+                             else token_type_ids.reshape(-1).index_select(0, index))
             positions.append(index % length)  # position within its row
             masks.append(attention_mask.bool()[:, None, None, :])  # [B, 1, 1, L]: masks keys only
             indices.append(index)
-        no_types = all(t is None for _, _, t in batches)
-        x = self.bert.embeddings(_cat(ids), None if no_types else _cat(types), _cat(positions))
+        x = self.bert.embeddings(_cat(ids), _cat(types) if with_types else None, _cat(positions))
         rows = Unpadded(tuple(masks), tuple(indices))
         return self.bert.encoder(x, None, rows), rows
 
