@@ -144,11 +144,9 @@ def step_memory(a: argparse.Namespace, out: Path, log) -> dict[str, Any]:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seq = 128
-    overrides = {"vocab_size": 21248}  # huge pads its vocabulary to a multiple of 128 (the released checkpoint)
-    if a.smoke:
-        overrides |= {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128,
-                      "vocab_size": 512}
-    config = load_model_config("huge", overrides)
+    smoke = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128,
+             "vocab_size": 512}  # a multiple of huge's vocab_multiple, as its own 21,248
+    config = load_model_config("huge", smoke if a.smoke else None)
     targets = math.ceil(0.15 * seq)
     work = plan.Workload(seq_len=seq, cmrm_tokens=0, mlm_targets=targets, precision="bf16",
                          dropout=config.hidden_dropout_prob > 0)
@@ -258,6 +256,8 @@ STEP_FUNCS = {"tests": step_tests, "kernels": step_kernels, "steps": step_steps,
 
 # ---- the report -----------------------------------------------------------------------------
 def report(record: dict[str, Any]) -> str:
+    from gpu_kernels import fmt as _f  # bench/ is on sys.path (main)
+
     lines = [f"# GPU check, {record['date_utc']}", "", f"device: {record['device']}; torch {record['torch']}; "
              f"command: `{record['command']}`", "", "| step | status | seconds |", "| --- | --- | --- |"]
     for name in record["steps"]:
@@ -300,10 +300,6 @@ def report(record: dict[str, Any]) -> str:
             lines.append(f"\n{name}: {last.get('step', '?')} steps, {last.get('tokens', '?')} tokens, "
                          f"{(s.get(name) or {}).get('wall_s', 0):.0f} s wall")
     return "\n".join(lines) + "\n"
-
-
-def _f(v: Any, spec: str) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
 # ---- main -----------------------------------------------------------------------------------

@@ -351,7 +351,8 @@ def bench_models(args, device: torch.device, triton_ok: str | None, peak_tflops:
 # output
 
 
-def _fmt(v: float | None, spec: str) -> str:
+def fmt(v: float | None, spec: str) -> str:
+    """A table cell: `v` formatted with `spec`, "-" for a missing or NaN value (bench/gpu_check.py uses it too)."""
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
@@ -360,15 +361,15 @@ def print_table(rows: list[Row]) -> None:
     print(f"{'op [shape]':<62} {'impl':<20} {'ms':>9} {'peak MiB':>9} {'speed-up':>9} {'mem/eager':>9}")
     for r in rows:
         if r.section == "kernels":
-            print(f"{r.case:<62} {r.impl:<20} {_fmt(r.ms, '.3f'):>9} {_fmt(r.peak_mib, '.1f'):>9} "
-                  f"{_fmt(r.speedup, '.2f'):>9} {_fmt(r.mem_ratio, '.2f'):>9} {r.note}")
+            print(f"{r.case:<62} {r.impl:<20} {fmt(r.ms, '.3f'):>9} {fmt(r.peak_mib, '.1f'):>9} "
+                  f"{fmt(r.speedup, '.2f'):>9} {fmt(r.mem_ratio, '.2f'):>9} {r.note}")
     print("\n== training steps (bf16 autocast, AdamW): speed-up relative to HF BertForMaskedLM + SDPA ==")
     print(f"{'case':<26} {'model':<28} {'ms/step':>9} {'tokens/s':>10} {'MFU':>7} {'peak MiB':>9} {'speed-up':>9}")
     for r in rows:
         if r.section == "training":
-            print(f"{r.case:<26} {r.impl:<28} {_fmt(r.ms, '.2f'):>9} {_fmt(r.tokens_per_s, '.0f'):>10} "
-                  f"{_fmt(None if r.mfu is None else 100 * r.mfu, '.1f'):>7} {_fmt(r.peak_mib, '.0f'):>9} "
-                  f"{_fmt(r.speedup, '.2f'):>9} {r.note}")
+            print(f"{r.case:<26} {r.impl:<28} {fmt(r.ms, '.2f'):>9} {fmt(r.tokens_per_s, '.0f'):>10} "
+                  f"{fmt(None if r.mfu is None else 100 * r.mfu, '.1f'):>7} {fmt(r.peak_mib, '.0f'):>9} "
+                  f"{fmt(r.speedup, '.2f'):>9} {r.note}")
 
 
 def main(argv: list[str] | None = None) -> int:
