@@ -79,7 +79,7 @@ class Embeddings(nn.Module):
         x = x + positions
         if hasattr(self, "LayerNorm"):
             x = F.layer_norm(x, x.shape[-1:], self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
-        return F.dropout(x, self.dropout_p, self.training)
+        return kernels.dropout(x, self.dropout_p, self.training)
 
 
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -154,9 +154,7 @@ class SelfAttention(nn.Module):
         """qkv [B, L, 3H] -> context [B, L, H]: SDPA with the key mask."""
         b, length, h = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         q, k, v = qkv.view(b, length, 3, self.num_heads, h // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        ctx = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0
-        )  # each [B, heads, L, head_dim]
+        ctx = kernels.attention(q, k, v, mask, self.dropout_p, self.training)  # each [B, heads, L, head_dim]
         return ctx.transpose(1, 2).reshape(b, length, h)
 
 

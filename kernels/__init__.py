@@ -10,17 +10,20 @@ from .backend import reset_backend, select_backend
 from .bias_gelu import bias_gelu, bias_gelu_reference
 from .contrastive import contrastive_loss, contrastive_loss_reference
 from .cpu_linear import CPU_BF16_GEMM_IS_FALLBACK, linear
+from .dropout import attention, dropout
 from .linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
 
 __all__ = [
     "CPU_BF16_GEMM_IS_FALLBACK",
     "add_layernorm",
     "add_layernorm_reference",
+    "attention",
     "bias_dropout_add_layernorm",
     "bias_gelu",
     "bias_gelu_reference",
     "contrastive_loss",
     "contrastive_loss_reference",
+    "dropout",
     "linear",
     "linear_cross_entropy",
     "linear_cross_entropy_reference",

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .backend import resolve
+from .dropout import dropout
 
 
 def add_layernorm_reference(
@@ -28,7 +29,7 @@ def add_layernorm_reference(
     """-> (y, h). `keep` (bool, x's shape) replays a given dropout mask instead of drawing one."""
     z = x if bias is None else x + bias
     if training and p > 0.0:
-        z = z * keep / (1.0 - p) if keep is not None else F.dropout(z, p, training=True)
+        z = z * keep / (1.0 - p) if keep is not None else dropout(z, p, training=True)
     h = residual + z
     return F.layer_norm(h, (h.shape[-1],), ln_weight, ln_bias, eps), h
 
