@@ -34,3 +34,19 @@ def test_forms_differ_and_bad_form_is_rejected():
     assert (exact - tanh).abs().max() > 1e-4  # the kernel really switches form
     with pytest.raises(ValueError, match="approximate"):
         bias_gelu(x, b, "erf", backend="triton")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_bf16_activation_with_fp32_bias_stays_bf16(backend):
+    """As a linear layer's bias under autocast: the output and d x are bf16, d bias fp32."""
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(6, 40, generator=g) * 2).to(torch.bfloat16).requires_grad_()
+    bias = torch.randn(40, generator=g).requires_grad_()
+    y = bias_gelu(x, bias, backend=backend)
+    assert y.dtype == torch.bfloat16
+    exact = bias_gelu_reference(x.double(), bias.double())
+    torch.testing.assert_close(y.double(), exact, atol=3e-2, rtol=2e-2)
+    dx, dbias = torch.autograd.grad(y, (x, bias), torch.ones_like(y))
+    assert dx.dtype == torch.bfloat16 and dbias.dtype == torch.float32
+    dx_ex, db_ex = torch.autograd.grad(exact, (x, bias), torch.ones_like(exact))
+    torch.testing.assert_close(dbias.double(), db_ex.double(), atol=0.1, rtol=2e-2)
