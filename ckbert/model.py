@@ -71,7 +71,7 @@ class Embeddings(nn.Module):
             positions = self.position_embeddings.weight[: input_ids.shape[1]]  # [L, H], broadcast over B
         else:
             positions = self.position_embeddings(positions)  # [T, H]
-        x = self.word_embeddings(input_ids)
+        x = kernels.embedding(input_ids, self.word_embeddings.weight, self.word_embeddings.padding_idx)
         if token_type_ids is None:
             x = x + self.token_type_embeddings.weight[0]
         else:

@@ -11,6 +11,7 @@ from .bias_gelu import bias_gelu, bias_gelu_reference
 from .contrastive import contrastive_loss, contrastive_loss_reference
 from .cpu_linear import CPU_BF16_GEMM_IS_FALLBACK, linear
 from .dropout import attention, dropout
+from .embedding import embedding
 from .linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "contrastive_loss",
     "contrastive_loss_reference",
     "dropout",
+    "embedding",
     "linear",
     "linear_cross_entropy",
     "linear_cross_entropy_reference",

@@ -11,7 +11,7 @@ torch's default generator, so `torch.manual_seed` and a checkpoint's RNG state r
 `attention`: SDPA's CPU kernels cannot drop attention probabilities, so with dropout PyTorch runs
 its math path, which upcasts q, k and v to fp32 and draws with `bernoulli_`. With dropout on a CPU
 this computes the same function in the inputs' dtype (bf16 under autocast: the two matmuls in
-bf16 with fp32 accumulation, the softmax in fp32), with the mask above. Everywhere else (no
+bf16 with fp32 accumulation, the softmax with fp32 arithmetic on bf16 scores), with the mask above. Everywhere else (no
 dropout, eval, CUDA) it is SDPA.
 
 On CUDA, `dropout` is `F.dropout` (PyTorch's fused kernel; the Triton backend has its own masks).
@@ -64,8 +64,9 @@ def attention(
     scores = torch.matmul(q * (1.0 / math.sqrt(q.shape[-1])), k.transpose(-2, -1))
     if mask is not None:
         # a large finite value, not -inf: a query whose keys are all masked gets finite garbage, not NaN
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+        scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)  # scores is a fresh matmul output
+    with torch.autocast(q.device.type, enabled=False):  # bf16 in and out, fp32 inside (no fp32 copies)
+        probs = torch.softmax(scores, dim=-1).to(v.dtype)
     if keep is None:
         keep = keep_scale(probs.shape, p, probs.dtype, probs.device)
     return torch.matmul(probs * keep, v)
