@@ -26,8 +26,10 @@ several padded batches (the MLM batch and CMRM's sample texts) as one such strea
 weight and step instead of one per batch, each batch's attention core on its own padded shape.
 
 Every linear layer goes through `kernels.linear`: F.linear, except for bf16 GEMMs on CPUs where
-PyTorch has no oneDNN bf16 (faster operand layouts, decided once per process; the model itself
-holds no precision or hardware code).
+PyTorch has no oneDNN bf16 (faster operand layouts, decided once per process). Dropout, the
+attention core and the word-embedding lookup go through `kernels.dropout`, `kernels.attention` and
+`kernels.embedding` (F.dropout, SDPA and F.embedding, with cheaper CPU paths); the model itself
+holds no precision or hardware code.
 
 The model knows nothing of parallelism, precision or compilation (style.md, item 3).
 """
