@@ -153,7 +153,7 @@ class SelfAttention(nn.Module):
         return ctx.view(b * length, -1).index_select(0, index)
 
     def _attend(self, qkv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """qkv [B, L, 3H] -> context [B, L, H]: SDPA with the key mask."""
+        """qkv [B, L, 3H] -> context [B, L, H]: `kernels.attention` (SDPA) with the key mask."""
         b, length, h = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         q, k, v = qkv.view(b, length, 3, self.num_heads, h // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
         ctx = kernels.attention(q, k, v, mask, self.dropout_p, self.training)  # each [B, heads, L, head_dim]
