@@ -23,15 +23,27 @@ import torch.nn.functional as F
 _WORKSPACES: dict[tuple, torch.Tensor] = {}
 
 
+def _references_when_free() -> int:
+    """What `sys.getrefcount` says of a workspace nobody else holds, seen as `_zeroed_workspace` sees
+    it (held by a dict and a local name); measured, since the count differs between Python versions."""
+    holder = {"key": torch.empty(0)}
+    buf = holder["key"]
+    return sys.getrefcount(buf)
+
+
+_FREE = _references_when_free()
+_USE_COUNT = getattr(torch.Tensor, "_use_count", None)  # the TensorImpl's reference count
+
+
 def _zeroed_workspace(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     key = (tuple(shape), dtype, str(device))
     buf = _WORKSPACES.get(key)
     if buf is None:
         buf = _WORKSPACES[key] = torch.zeros(shape, dtype=dtype, device=device)
         return buf
-    # free = referenced only by the dict (here: the dict, `buf` and getrefcount's argument) and by
-    # no C++ holder such as autograd's input buffer (a TensorImpl count of 1: its Python object)
-    if sys.getrefcount(buf) > 3 or buf._use_count() > 1:
+    # free = no other Python reference and no C++ holder such as autograd's input buffer (a
+    # TensorImpl count of 1: its Python object); a torch without `_use_count` always gets a fresh one
+    if sys.getrefcount(buf) > _FREE or _USE_COUNT is None or _USE_COUNT(buf) > 1:
         return torch.zeros(shape, dtype=dtype, device=device)
     return buf.zero_()
 

@@ -78,3 +78,18 @@ def test_without_gradient_it_is_f_embedding():
     weight, ids, _ = _case(3)
     with torch.no_grad():
         torch.testing.assert_close(embedding(ids, weight, PAD), F.embedding(ids, weight, PAD))
+
+
+def test_the_workspace_is_handed_out_only_when_nobody_holds_it():
+    EMB._WORKSPACES.clear()
+    args = ((7, 3), torch.float32, torch.device("cpu"))
+    first = EMB._zeroed_workspace(*args)
+    again = EMB._zeroed_workspace(*args)  # `first` still names it: held
+    assert again is not first
+    first_id = id(first)
+    del first, again
+    assert id(EMB._zeroed_workspace(*args)) == first_id  # free again: reused
+    view = EMB._WORKSPACES[((7, 3), torch.float32, "cpu")][2:]  # a view keeps its base: held too
+    assert id(EMB._zeroed_workspace(*args)) != first_id
+    del view
+    assert id(EMB._zeroed_workspace(*args)) == first_id
