@@ -11,8 +11,8 @@ torch's default generator, so `torch.manual_seed` and a checkpoint's RNG state r
 `attention`: SDPA's CPU kernels cannot drop attention probabilities, so with dropout PyTorch runs
 its math path, which upcasts q, k and v to fp32 and draws with `bernoulli_`. With dropout on a CPU
 this computes the same function in the inputs' dtype (bf16 under autocast: the two matmuls in
-bf16 with fp32 accumulation, the softmax with fp32 arithmetic on bf16 scores), with the mask above. Everywhere else (no
-dropout, eval, CUDA) it is SDPA.
+bf16 with fp32 accumulation, the softmax with fp32 arithmetic on bf16 scores), with the mask
+above. Everywhere else (no dropout, eval, CUDA) it is SDPA.
 
 On CUDA, `dropout` is `F.dropout` (PyTorch's fused kernel; the Triton backend has its own masks).
 """
@@ -27,14 +27,21 @@ import torch.nn.functional as F
 LANES = 1 << 16  # one mask element per 16-bit lane of a 64-bit draw
 
 
+def _drops(p: float) -> int:
+    """How many of the 2^16 lane values drop an element."""
+    return round(p * LANES)
+
+
 def quantized_p(p: float) -> float:
     """The drop probability actually used on CPU: p rounded to a multiple of 2^-16."""
-    return round(p * LANES) / LANES
+    return _drops(p) / LANES
 
 
-def keep_scale(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def keep_scale(
+    shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
     """[shape] of `dtype`: 0 where dropped (probability `quantized_p(p)`), 1 / (1 - that) where kept."""
-    drops = round(p * LANES)
+    drops = _drops(p)
     n = math.prod(shape)
     draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
     lanes = draws.view(torch.int16)[:n].view(shape)  # uniform in [-2^15, 2^15)
@@ -55,9 +62,10 @@ def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, p: float, training: bool,
     keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """q, k, v [B, heads, L, head_dim], mask [B, 1, 1, L] bool (True = attend) or None -> [B, heads, L, head_dim]:
-    softmax(q k^T / sqrt(head_dim), masked) with dropout on the probabilities, times v. `keep`
-    ([B, heads, L, L], 0 or the keep scale) replays a given mask (tests)."""
+    """q, k, v [B, heads, L, head_dim], mask [B, 1, 1, L] bool (True = attend) or None
+    -> [B, heads, L, head_dim]: softmax(q k^T / sqrt(head_dim), masked) with dropout on the
+    probabilities, times v. `keep` ([B, heads, L, L], 0 or the keep scale) replays a given mask
+    (tests)."""
     p = p if training else 0.0
     if keep is None and (p == 0.0 or q.device.type != "cpu"):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
