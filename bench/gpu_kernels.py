@@ -119,7 +119,7 @@ def _leaf(*shape, device, dtype, scale=1.0, shift=0.0):
 
 
 def kernel_cases(smoke: bool, device: torch.device, dtype: torch.dtype) -> list[KernelCase]:
-    from ckbert import kernels
+    from ckbert.kernels import ops
 
     tokens = 48 if smoke else 16384  # 32 sequences x 512
     widths = [(24, 64)] if smoke else [(768, 3072), (1024, 4096), (2048, 8192)]  # base, large, huge
@@ -135,8 +135,8 @@ def kernel_cases(smoke: bool, device: torch.device, dtype: torch.dtype) -> list[
 
         cases.append(KernelCase(
             "bias+dropout+add+LayerNorm (post-LN, p=0.1)", f"{tokens}x{d}", make_ln,
-            lambda x, b, r, w, lb: (kernels.bias_dropout_add_layernorm(x, b, r, w, lb, 1e-12, 0.1, True, backend="triton"),),
-            lambda x, b, r, w, lb: (kernels.add_layernorm_reference(x, b, r, w, lb, 1e-12, 0.1, True)[0],),
+            lambda x, b, r, w, lb: (ops.bias_dropout_add_layernorm(x, b, r, w, lb, 1e-12, 0.1, True, backend="triton"),),
+            lambda x, b, r, w, lb: (ops.add_layernorm_reference(x, b, r, w, lb, 1e-12, 0.1, True)[0],),
         ))
 
         def make_pre(d=d):
@@ -147,8 +147,8 @@ def kernel_cases(smoke: bool, device: torch.device, dtype: torch.dtype) -> list[
 
         cases.append(KernelCase(
             "add+LayerNorm (pre-LN, returns residual)", f"{tokens}x{d}", make_pre,
-            lambda x, r, w, lb: kernels.add_layernorm(x, r, w, lb, 1e-12, backend="triton"),
-            lambda x, r, w, lb: kernels.add_layernorm_reference(x, None, r, w, lb, 1e-12),
+            lambda x, r, w, lb: ops.add_layernorm(x, r, w, lb, 1e-12, backend="triton"),
+            lambda x, r, w, lb: ops.add_layernorm_reference(x, None, r, w, lb, 1e-12),
         ))
 
         def make_gelu(ffn=ffn):
@@ -157,8 +157,8 @@ def kernel_cases(smoke: bool, device: torch.device, dtype: torch.dtype) -> list[
 
         cases.append(KernelCase(
             "bias+GELU (erf)", f"{tokens}x{ffn}", make_gelu,
-            lambda x, b: (kernels.bias_gelu(x, b, "none", backend="triton"),),
-            lambda x, b: (kernels.bias_gelu_reference(x, b, "none"),),
+            lambda x, b: (ops.bias_gelu(x, b, "none", backend="triton"),),
+            lambda x, b: (ops.bias_gelu_reference(x, b, "none"),),
         ))
     h = widths[0][0]
     labels = torch.randint(0, vocab, (mlm_rows,), device=device)
@@ -171,8 +171,8 @@ def kernel_cases(smoke: bool, device: torch.device, dtype: torch.dtype) -> list[
 
     cases.append(KernelCase(
         "MLM head linear+cross-entropy", f"{mlm_rows}x{h} @ {vocab}x{h}", make_mlm,
-        lambda hid, w, b: (kernels.linear_cross_entropy(hid, w, b, labels, backend="triton"),),
-        lambda hid, w, b: (kernels.linear_cross_entropy_reference(hid, w, b, labels),),
+        lambda hid, w, b: (ops.linear_cross_entropy(hid, w, b, labels, backend="triton"),),
+        lambda hid, w, b: (ops.linear_cross_entropy_reference(hid, w, b, labels),),
     ))
 
     def make_con():
@@ -182,8 +182,8 @@ def kernel_cases(smoke: bool, device: torch.device, dtype: torch.dtype) -> list[
 
     cases.append(KernelCase(
         "contrastive (normalise, cosine, CE)", f"{n_anchor}x{k_cand}x{h}", make_con,
-        lambda a, c: (kernels.contrastive_loss(a, c, 0.07, backend="triton"),),
-        lambda a, c: (kernels.contrastive_loss_reference(a, c, 0.07),),
+        lambda a, c: (ops.contrastive_loss(a, c, 0.07, backend="triton"),),
+        lambda a, c: (ops.contrastive_loss_reference(a, c, 0.07),),
     ))
     return cases
 
@@ -266,7 +266,7 @@ def _hf_model(size: Size, vocab: int, seq: int):
 
 
 def _ckbert_model(size: Size, vocab: int, seq: int, backend: str):
-    from ckbert.kernels import reset_backend
+    from ckbert.kernels.ops import reset_backend
     from ckbert.model import CKBertForPreTraining
     from ckbert.model_config import ModelConfig
 

@@ -67,10 +67,11 @@ def foreign_packages() -> list[str]:
     import importlib
 
     out = []
-    for name in ("ckbert", "ckbert.data_prep", "ckbert.finetune", "ckbert.kernels"):
+    # one module of each package (the packages are namespace packages: no __file__ of their own)
+    for name in ("ckbert.cli", "ckbert.data_prep.prepare", "ckbert.finetune.run", "ckbert.kernels.ops"):
         path = Path(importlib.import_module(name).__file__).resolve()
         if REPO not in path.parents:
-            out.append(f"{name} from {path.parent}")
+            out.append(f"{name.rpartition('.')[0]} from {path.parent}")
     return out
 
 

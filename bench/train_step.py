@@ -48,9 +48,9 @@ from pathlib import Path
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from ckbert import kernels
 from ckbert.collator import PretrainCollator
 from ckbert.data_prep.dataset import open_prepared
+from ckbert.kernels import ops
 from ckbert.model import CKBertForPreTraining
 from ckbert.model_config import load_model_config
 from ckbert.optim import build_optimizer
@@ -108,7 +108,7 @@ def bench_size(size: str, batches: list[dict], steps: int, warmup: int, variants
     overrides = {"vocab_size": vocab} | ({"num_hidden_layers": layers} if layers else {})
     models: dict[str, CKBertForPreTraining] = {}
     for k in dict.fromkeys(v.kernels for v in runnable):
-        kernels.reset_backend()  # the backend is decided once per process; each model keeps its own
+        ops.reset_backend()  # the backend is decided once per process; each model keeps its own
         torch.manual_seed(0)
         models[k] = CKBertForPreTraining(load_model_config(size, overrides | {"kernels": k})).to(device)
     mcfg = load_model_config(size, overrides | {"kernels": "torch"})

@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] == "--version":
-        from ckbert import __version__
+        from importlib.metadata import version
 
-        print(__version__)
+        print(version("ckbert"))
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ckbert import kernels
 from ckbert.errors import UserError
-from ckbert.kernels import linear
+from ckbert.kernels import ops
+from ckbert.kernels.ops import linear
 from ckbert.model_config import ModelConfig
 
 # HF hidden_act -> torch GELU `approximate` ("gelu_new" is the tanh form).
@@ -73,7 +73,7 @@ class Embeddings(nn.Module):
             positions = self.position_embeddings.weight[: input_ids.shape[1]]  # [L, H], broadcast over B
         else:
             positions = self.position_embeddings(positions)  # [T, H]
-        x = kernels.embedding(input_ids, self.word_embeddings.weight, self.word_embeddings.padding_idx)
+        x = ops.embedding(input_ids, self.word_embeddings.weight, self.word_embeddings.padding_idx)
         if token_type_ids is None:
             x = x + self.token_type_embeddings.weight[0]
         else:
@@ -81,7 +81,7 @@ class Embeddings(nn.Module):
         x = x + positions
         if hasattr(self, "LayerNorm"):
             x = F.layer_norm(x, x.shape[-1:], self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
-        return kernels.dropout(x, self.dropout_p, self.training)
+        return ops.dropout(x, self.dropout_p, self.training)
 
 
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -156,7 +156,7 @@ class SelfAttention(nn.Module):
         """qkv [B, L, 3H] -> context [B, L, H]: `kernels.attention` (SDPA) with the key mask."""
         b, length, h = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         q, k, v = qkv.view(b, length, 3, self.num_heads, h // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        ctx = kernels.attention(q, k, v, mask, self.dropout_p, self.training)  # each [B, heads, L, head_dim]
+        ctx = ops.attention(q, k, v, mask, self.dropout_p, self.training)  # each [B, heads, L, head_dim]
         return ctx.transpose(1, 2).reshape(b, length, h)
 
 
@@ -209,7 +209,7 @@ class Layer(nn.Module):
     def _ffn_in(self, x: torch.Tensor) -> torch.Tensor:
         # [..., H] -> [..., FFN]
         d = self.intermediate.dense
-        return kernels.bias_gelu(linear(x, d.weight), d.bias, self.approximate, backend=self.backend)
+        return ops.bias_gelu(linear(x, d.weight), d.bias, self.approximate, backend=self.backend)
 
     def forward_post_ln(
         self, x: torch.Tensor, mask: torch.Tensor | None, rows: Unpadded | None = None
@@ -217,12 +217,12 @@ class Layer(nn.Module):
         """x [B, L, H] (padded) or [T, H] with `rows` (unpadded) -> the same shape."""
         att, out = self.attention.output, self.output
         ctx = self.attention.self(x, mask, rows)
-        x = kernels.bias_dropout_add_layernorm(
+        x = ops.bias_dropout_add_layernorm(
             linear(ctx, att.dense.weight), att.dense.bias, x, att.LayerNorm.weight, att.LayerNorm.bias,
             self.eps, self.p, self.training, backend=self.backend,
         )
         y = linear(self._ffn_in(x), out.dense.weight)
-        return kernels.bias_dropout_add_layernorm(
+        return ops.bias_dropout_add_layernorm(
             y, out.dense.bias, x, out.LayerNorm.weight, out.LayerNorm.bias,
             self.eps, self.p, self.training, backend=self.backend,
         )
@@ -244,7 +244,7 @@ class Layer(nn.Module):
             y, residual = dropout_add_layernorm(pending, residual, ln, self.p, self.training, self.backend)
         # the attention output's bias and dropout are fused into the add + LayerNorm here
         d, ln = self.attention.output.dense, self.ln
-        y, residual = kernels.add_layernorm(
+        y, residual = ops.add_layernorm(
             linear(self.attention.self(y, mask, rows), d.weight), residual, ln.weight, ln.bias, self.eps,
             backend=self.backend, bias=d.bias, p=self.p, training=self.training,
         )
@@ -256,7 +256,7 @@ def dropout_add_layernorm(
     x: torch.Tensor, residual: torch.Tensor, ln: nn.LayerNorm, p: float, training: bool, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(LayerNorm(residual + dropout(x)), residual + dropout(x)) for [..., H] tensors."""
-    return kernels.add_layernorm(x, residual, ln.weight, ln.bias, ln.eps, backend=backend, p=p, training=training)
+    return ops.add_layernorm(x, residual, ln.weight, ln.bias, ln.eps, backend=backend, p=p, training=training)
 
 
 class Encoder(nn.Module):
@@ -320,7 +320,7 @@ class CKBertForPreTraining(nn.Module):
                              "(ckbert.model_config.resolve_vocab_size)")
         self.config = config
         try:  # decided once per process (ckbert.kernels), for every layer
-            self.backend = kernels.select_backend(config.kernels)
+            self.backend = ops.select_backend(config.kernels)
         except (RuntimeError, ValueError) as exc:  # e.g. "triton" requested where it cannot run
             raise UserError(f"model.kernels: {exc}") from None
         self.bert = BertBody(config, self.backend)
@@ -441,7 +441,7 @@ class CKBertForPreTraining(nn.Module):
         Gathers first so the transform and the decoder run only on the M predicted rows."""
         t = self.cls.predictions.transform
         rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
-        y = kernels.bias_gelu(linear(rows, t.dense.weight), t.dense.bias, self.approximate,
+        y = ops.bias_gelu(linear(rows, t.dense.weight), t.dense.bias, self.approximate,
                               backend=self.backend)
         return F.layer_norm(y, y.shape[-1:], t.LayerNorm.weight, t.LayerNorm.bias, t.LayerNorm.eps)
 
@@ -457,7 +457,7 @@ class CKBertForPreTraining(nn.Module):
         rows = self.mlm_hidden(hidden, positions)  # the head runs on the targets only
         if labels.numel() == 0:
             return rows.sum() * 0.0
-        return kernels.linear_cross_entropy(rows, self.decoder_weight, self.decoder_bias, labels, backend=self.backend)
+        return ops.linear_cross_entropy(rows, self.decoder_weight, self.decoder_bias, labels, backend=self.backend)
 
     def forward(
         self,

@@ -26,7 +26,7 @@ finally:
     else:
         os.environ["TRITON_INTERPRET"] = _saved
 
-from ckbert.kernels import reset_backend  # noqa: E402
+from ckbert.kernels.ops import reset_backend  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

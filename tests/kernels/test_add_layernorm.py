@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ckbert.kernels import add_layernorm, add_layernorm_reference, bias_dropout_add_layernorm
 from ckbert.kernels.add_layernorm_triton import dropout_keep_mask
+from ckbert.kernels.ops import add_layernorm, add_layernorm_reference, bias_dropout_add_layernorm
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

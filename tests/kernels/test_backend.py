@@ -5,8 +5,8 @@ import logging
 import pytest
 import torch
 
-from ckbert.kernels import bias_gelu, reset_backend, select_backend
 from ckbert.kernels.backend import check_device
+from ckbert.kernels.ops import bias_gelu, reset_backend, select_backend
 
 
 def test_auto_picks_triton_under_the_interpreter_and_logs_once(caplog):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ckbert.kernels import bias_gelu, bias_gelu_reference
+from ckbert.kernels.ops import bias_gelu, bias_gelu_reference
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])

@@ -4,7 +4,7 @@ graphs without code generation (no C++ compiler needed); values must equal eager
 
 import torch
 
-from ckbert.kernels import (
+from ckbert.kernels.ops import (
     add_layernorm,
     bias_dropout_add_layernorm,
     bias_gelu,

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ckbert.kernels import contrastive_loss, contrastive_loss_reference
 from ckbert.kernels.contrastive_triton import contrastive_fwd
+from ckbert.kernels.ops import contrastive_loss, contrastive_loss_reference
 
 
 def _inputs(n, k, h, dtype, seed=0):

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ckbert.kernels import (
+from ckbert.kernels.ops import (
     add_layernorm,
     bias_dropout_add_layernorm,
     bias_gelu,

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ckbert.kernels import attention, dropout
 from ckbert.kernels.dropout import keep_scale, quantized_p
+from ckbert.kernels.ops import attention, dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.03])

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ckbert.kernels import embedding
+from ckbert.kernels.ops import embedding
 
 EMB = sys.modules["ckbert.kernels.embedding"]  # the module (the package attribute is the function)
 V, H, PAD = 50, 8, 0

@@ -15,7 +15,7 @@ import pytest
 SCRIPT = r'''
 import sys
 import torch
-from ckbert import kernels
+from ckbert.kernels import ops
 from ckbert.kernels.add_layernorm_triton import dropout_keep_mask
 
 device = torch.device(sys.argv[1])
@@ -55,30 +55,30 @@ for dtype in (torch.float32, torch.bfloat16):
         seed = torch.tensor([77], device=device)
         keep = dropout_keep_mask(seed, rows, width, 0.1)
         compare(f"post-LN dropout {tag} d={width}",
-                lambda *a: kernels.bias_dropout_add_layernorm(*a, 1e-12, 0.1, True, backend="triton", seed=seed),
-                lambda *a: kernels.add_layernorm_reference(*a, 1e-12, 0.1, True, keep=keep)[0], [x, b, r, w, lb])
+                lambda *a: ops.bias_dropout_add_layernorm(*a, 1e-12, 0.1, True, backend="triton", seed=seed),
+                lambda *a: ops.add_layernorm_reference(*a, 1e-12, 0.1, True, keep=keep)[0], [x, b, r, w, lb])
         compare(f"pre-LN {tag} d={width} y",
-                lambda x, r, w, lb: kernels.add_layernorm(x, r, w, lb, 1e-12, backend="triton")[0],
-                lambda x, r, w, lb: kernels.add_layernorm_reference(x, None, r, w, lb, 1e-12)[0], [x, r, w, lb])
+                lambda x, r, w, lb: ops.add_layernorm(x, r, w, lb, 1e-12, backend="triton")[0],
+                lambda x, r, w, lb: ops.add_layernorm_reference(x, None, r, w, lb, 1e-12)[0], [x, r, w, lb])
         # The new residual h depends on x and r only (the backward through y and h together is
         # checked in test_add_layernorm.py).
         compare(f"pre-LN {tag} d={width} h",
-                lambda x, r: kernels.add_layernorm(x, r, w, lb, 1e-12, backend="triton")[1],
-                lambda x, r: kernels.add_layernorm_reference(
+                lambda x, r: ops.add_layernorm(x, r, w, lb, 1e-12, backend="triton")[1],
+                lambda x, r: ops.add_layernorm_reference(
                     x, None, r, w.detach().to(x.dtype), lb.detach().to(x.dtype), 1e-12)[1], [x, r])
     x, b = leaves([((rows, ffn), 3, 0), ((ffn,), 1, 0)], dtype, g)
     for form in ("none", "tanh"):
-        compare(f"bias+GELU {form} {tag}", lambda x, b: kernels.bias_gelu(x, b, form, backend="triton"),
-                lambda x, b: kernels.bias_gelu_reference(x, b, form), [x, b])
+        compare(f"bias+GELU {form} {tag}", lambda x, b: ops.bias_gelu(x, b, form, backend="triton"),
+                lambda x, b: ops.bias_gelu_reference(x, b, form), [x, b])
     h, wt, bt = leaves([((m_rows, d), 1, 0), ((vocab, d), d ** -0.5, 0), ((vocab,), 0.1, 0)], dtype, g)
     labels = torch.randint(0, vocab, (m_rows,), generator=g).to(device)
     labels[::7] = -100
-    compare(f"linear+CE {tag}", lambda *a: kernels.linear_cross_entropy(*a, labels, label_smoothing=0.1, backend="triton"),
-            lambda *a: kernels.linear_cross_entropy_reference(*a, labels, label_smoothing=0.1), [h, wt, bt])
+    compare(f"linear+CE {tag}", lambda *a: ops.linear_cross_entropy(*a, labels, label_smoothing=0.1, backend="triton"),
+            lambda *a: ops.linear_cross_entropy_reference(*a, labels, label_smoothing=0.1), [h, wt, bt])
     a, c = leaves([((64, d), 1, 0), ((64, 16, d), 1, 0)], dtype, g)
     valid = (torch.rand(64, 16, generator=g) > 0.2).to(device)
-    compare(f"contrastive {tag}", lambda a, c: kernels.contrastive_loss(a, c, 0.07, valid, backend="triton"),
-            lambda a, c: kernels.contrastive_loss_reference(a, c, 0.07, valid), [a, c])
+    compare(f"contrastive {tag}", lambda a, c: ops.contrastive_loss(a, c, 0.07, valid, backend="triton"),
+            lambda a, c: ops.contrastive_loss_reference(a, c, 0.07, valid), [a, c])
 print("all ok")
 '''
 

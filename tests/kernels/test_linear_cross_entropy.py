@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ckbert.kernels import linear_cross_entropy, linear_cross_entropy_reference
 from ckbert.kernels.linear_cross_entropy_triton import default_chunk_size, linear_cross_entropy_fwd
+from ckbert.kernels.ops import linear_cross_entropy, linear_cross_entropy_reference
 
 
 def _inputs(m, h, v, dtype, with_bias, ignore_every, seed=0):

@@ -8,7 +8,7 @@ of the ops: [B, L, H] activations, padding mask, gathered MLM rows, tied decoder
 import pytest
 import torch
 
-from ckbert.kernels import reset_backend
+from ckbert.kernels.ops import reset_backend
 
 STEPS = 6
 

@@ -112,8 +112,8 @@ def people_daily_lines():
 @pytest.fixture(autouse=True)
 def _fresh_kernel_backend():
     """The kernel backend is a per-process decision; each model test makes its own."""
-    from ckbert import kernels
+    from ckbert.kernels import ops
 
-    kernels.reset_backend()
+    ops.reset_backend()
     yield
-    kernels.reset_backend()
+    ops.reset_backend()

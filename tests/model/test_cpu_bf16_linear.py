@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ckbert.kernels import CPU_BF16_GEMM_IS_FALLBACK, linear, linear_cross_entropy
+from ckbert.kernels.ops import CPU_BF16_GEMM_IS_FALLBACK, linear, linear_cross_entropy
 
 # Where oneDNN runs bf16 GEMMs, `linear` is plain F.linear for every dtype.
 EXPECT_LAYOUT_PATH = CPU_BF16_GEMM_IS_FALLBACK
@@ -71,12 +71,12 @@ def test_fp32_is_plain_f_linear():
 
 
 def test_decoder_cross_entropy_bf16_matches_reference():
-    from ckbert import kernels
+    from ckbert.kernels import ops
 
     x, w, b = _inputs((12, 16), 50)
     labels = torch.tensor([3, -100, 7, 49, 0, 1, 2, 3, -100, 5, 6, 8])
     losses, grads = [], []
-    for fn in (lambda: kernels.linear_cross_entropy_reference(x, w, b, labels, label_smoothing=0.1),
+    for fn in (lambda: ops.linear_cross_entropy_reference(x, w, b, labels, label_smoothing=0.1),
                lambda: linear_cross_entropy(x, w, b, labels, label_smoothing=0.1, backend="torch")):
         for t in (x, w, b):
             t.grad = None

@@ -24,13 +24,13 @@ def test_requesting_triton_where_it_cannot_run_is_an_error(small_config):
 # Runs in a fresh interpreter: TRITON_INTERPRET must be set before triton is imported.
 _SCRIPT = textwrap.dedent('''
     import sys, torch
-    from ckbert import kernels
+    from ckbert.kernels import ops
     from ckbert.model import CKBertForPreTraining
     from ckbert.model_config import ModelConfig
 
     out = {}
     for backend in ("torch", "triton"):
-        kernels.reset_backend()
+        ops.reset_backend()
         for layout in ("post_ln", "pre_ln"):
             torch.manual_seed(0)
             config = ModelConfig(vocab_size=61, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

@@ -1,1 +1,0 @@
-"""Fine-tuning and evaluation: CLUE tasks, offline demo tasks, metrics, submissions, probe."""
