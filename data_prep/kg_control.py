@@ -141,7 +141,7 @@ def _link_tree(src: Path, dst: Path) -> None:
 
 def main(argv: list[str]) -> int:
     from ckbert.data_prep.dataset import read_manifest
-    from ckbert.outputs import output_dir
+    from ckbert.outputs import check_out_dir, output_dir
 
     p = argparse.ArgumentParser(prog="ckbert kg-shuffle", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -150,6 +150,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = p.parse_args(argv)
+    check_out_dir(args.out, args.overwrite)
     manifest = read_manifest(args.prepared)
     if not (args.prepared / "kg").is_dir():
         raise UserError("no kg/ folder", path=args.prepared)

@@ -625,6 +625,22 @@ def test_kg_stats(tmp_path, capsys, case):
     fails(capsys, ["kg-stats", path], path)
 
 
+@pytest.mark.parametrize("case", ["missing", "no_manifest", "no_kg"])
+def test_kg_shuffle(world, tmp_path, capsys, case):
+    prepared, words = tmp_path / "prepared", []
+    if case == "missing":
+        words = [prepared, "not found"]
+    elif case == "no_manifest":
+        prepared.mkdir()
+        words = [prepared, "manifest.json"]
+    else:
+        shutil.copytree(world["prepared"], prepared)
+        shutil.rmtree(prepared / "kg")
+        words = [prepared, "kg/"]
+    fails(capsys, ["kg-shuffle", "--prepared", prepared, "--out", tmp_path / "out"], *words)
+    assert not (tmp_path / "out").exists()
+
+
 # ---- eval ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("case", ["no_model", "no_prepared", "damaged_prepared", "temperature_nan"])
 def test_eval(world, tmp_path, capsys, case):
