@@ -74,10 +74,14 @@ ARMS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "d_unmasked": ("LMLM + CMRM, mentions never masked", {"strategy": "lmlm", "cmrm": True,
                                                          "set": ["cmrm.anchor=unmasked"]}),
 }
-REL_GROUPS = {"held_out_hop": "held_out, vs hop 2-3", "held_out_random": "held_out, vs random",
-              "seen_hop": "seen, vs hop 2-3", "seen_random": "seen, vs random",
-              "held_out_hop_control": "held_out, vs hop 2-3, control: another mention's anchor",
-              "seen_hop_control": "seen, vs hop 2-3, control: another mention's anchor"}
+# short name -> relation probe group (`relation_probe.report`); every arm is scored with the probe's
+# fixed protocol: "mention+tail" texts here, "tail" texts under the `_tailtext` names
+_REL = {"held_out_hop": "held_out, {} texts, vs hop 2-3", "held_out_random": "held_out, {} texts, vs random",
+        "seen_hop": "seen, {} texts, vs hop 2-3", "seen_random": "seen, {} texts, vs random",
+        "held_out_hop_control": "held_out, {} texts, vs hop 2-3, control: another mention's anchor",
+        "seen_hop_control": "seen, {} texts, vs hop 2-3, control: another mention's anchor"}
+REL_GROUPS = {**{k: v.format("mention+tail") for k, v in _REL.items()},
+              **{f"{k}_tailtext": v.format("tail") for k, v in _REL.items()}}
 
 # (key in a run's result, column title, higher is better); the differences table compares all but the last
 METRICS: list[tuple[str, str, bool]] = [
@@ -211,7 +215,6 @@ def probe_scores(hf_dir: Path, out: Path, s: Settings) -> dict[str, float]:
     from transformers import AutoModelForMaskedLM
 
     from ckbert.data_prep.dataset import open_prepared
-    from ckbert.export import cmrm_of_export
     from ckbert.finetune import relation_probe as rp
     from ckbert.finetune.checkpoint import load_model, load_tokenizer
     from ckbert.finetune.probe import DEFAULT_TEMPLATE, ProbeItem, score_candidates, summarise
@@ -226,8 +229,7 @@ def probe_scores(hf_dir: Path, out: Path, s: Settings) -> dict[str, float]:
         res[f"cloze_{group}_chance_acc"] = r["chance_accuracy@1"]
     _, dataset, kg, tok = open_prepared(s.prepared)
     rel = [rp.RelationItem(**d) for d in json.loads((out / "relation_items.json").read_text(encoding="utf-8"))]
-    scores = rp.score_items(model, tok, dataset, kg, rel, cmrm_of_export(model.config))
-    report = rp.report(rel, scores)
+    report = rp.report(rel, rp.score_protocols(model, tok, dataset, kg, rel))
     for short, group in REL_GROUPS.items():
         r = report.get(group)
         if r is None:  # no item of that group (tiny smoke data)
@@ -235,9 +237,11 @@ def probe_scores(hf_dir: Path, out: Path, s: Settings) -> dict[str, float]:
         res.update({f"rel_{short}_acc": r["accuracy@1"], f"rel_{short}_mrr": r["mrr"],
                     f"rel_{short}_chance_acc": r["chance_accuracy@1"], f"rel_{short}_chance_mrr": r["chance_mrr"],
                     f"rel_{short}_items": r["triples"]})
-    for group in ("held_out", "seen"):  # what the mention adds: the ranking minus the control's
-        if f"rel_{group}_hop_acc" in res and f"rel_{group}_hop_control_acc" in res:
-            res[f"rel_{group}_hop_specific"] = res[f"rel_{group}_hop_acc"] - res[f"rel_{group}_hop_control_acc"]
+    for group in ("held_out", "seen"):  # what the mention adds: the ranking minus the diagnostic's
+        for text in ("", "_tailtext"):
+            acc, control = f"rel_{group}_hop{text}_acc", f"rel_{group}_hop_control{text}_acc"
+            if acc in res and control in res:
+                res[f"rel_{group}_hop{text}_specific"] = res[acc] - res[control]
     return res
 
 
@@ -299,7 +303,6 @@ def build_probe_items(s: Settings, out: Path, seed: int = 0) -> dict[str, Any]:
     from ckbert.data_prep.dataset import open_prepared
     from ckbert.finetune import probe, relation_probe
     from ckbert.heldout import heldout_start
-    from ckbert.train_config import CMRMConfig
 
     _, dataset, kg, tok = open_prepared(s.prepared)
     seen = probe.seen_heads_from_prepared(kg, Path(s.prepared))
@@ -307,8 +310,8 @@ def build_probe_items(s: Settings, out: Path, seed: int = 0) -> dict[str, Any]:
     cloze = probe.build_items(kg, tok, seen, 9, s.probe_triples, 8, seed, cloze_stats)
     rel_stats: dict[str, int] = {}
     start = heldout_start(len(dataset), s.eval_rows)
-    rel = relation_probe.build_items(dataset, range(start, len(dataset)), kg, CMRMConfig(), s.heldout_heads, 4,
-                                     s.rel_per_mention, seed, rel_stats)
+    rel = relation_probe.build_items(dataset, range(start, len(dataset)), kg, relation_probe.BUILD, s.heldout_heads,
+                                     4, s.rel_per_mention, seed, rel_stats, tokenizer=tok)
     for name, items in (("cloze_items.json", cloze), ("relation_items.json", rel)):
         (out / name).write_text(json.dumps([asdict(i) for i in items], ensure_ascii=False), encoding="utf-8")
     return {"cloze": cloze_stats, "relation": rel_stats,

@@ -206,38 +206,71 @@ def score_candidates(
     return scores
 
 
-def summarise(groups: list[str], scores: list[list[float]]) -> dict[str, dict[str, float]]:
+BOOTSTRAP_SAMPLES = 2000
+
+
+def bootstrap_ci(values: np.ndarray, clusters: list, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
+                 ) -> list[tuple[float, float]]:
+    """values [n, m] (m metrics per item) -> per metric the 95% percentile interval of the mean,
+    resampling whole clusters (e.g. the items of one head entity) with replacement."""
+    ids = {c: i for i, c in enumerate(dict.fromkeys(clusters))}
+    index = np.fromiter((ids[c] for c in clusters), dtype=np.int64, count=len(clusters))
+    sums = np.zeros((len(ids), values.shape[1]))
+    np.add.at(sums, index, values)
+    counts = np.bincount(index, minlength=len(ids)).astype(np.float64)
+    draw = np.random.default_rng(seed).integers(len(ids), size=(samples, len(ids)))
+    means = sums[draw].sum(1) / counts[draw].sum(1)[:, None]  # [samples, m]
+    lo, hi = np.percentile(means, [2.5, 97.5], axis=0)
+    return [(float(a), float(b)) for a, b in zip(lo, hi, strict=True)]
+
+
+def summarise(groups: list[str], scores: list[list[float]], clusters: list | None = None,
+              intervals: bool = True) -> dict[str, dict[str, float]]:
     """accuracy@1 (%), MRR and their chance levels per group; the true candidate is scores[i][0].
 
     Ties are broken at random, in expectation: with g candidates above the true one and e tied
     with it, its rank is uniform on g+1 .. g+1+e, so a scorer that cannot separate the candidates
-    scores exactly chance."""
+    scores exactly chance. `clusters` (one id per item, e.g. its head entity) are what the 95%
+    bootstrap intervals resample (items are not independent within a head); `heads` counts them.
+    """
     ranks: dict[str, list[tuple[float, float, int]]] = {}
-    for group, row in zip(groups, scores, strict=True):
+    members: dict[str, list] = {}
+    for i, (group, row) in enumerate(zip(groups, scores, strict=True)):
         above = sum(1 for s in row[1:] if s > row[0])
         tied = sum(1 for s in row[1:] if s == row[0])
         acc = 1.0 / (1 + tied) if above == 0 else 0.0
         rr = sum(1.0 / (above + 1 + j) for j in range(tied + 1)) / (tied + 1)
         ranks.setdefault(group, []).append((acc, rr, len(row)))
+        members.setdefault(group, []).append(i if clusters is None else clusters[i])
     out = {}
     for group, rows in sorted(ranks.items()):
         n = len(rows)
         out[group] = {
             "triples": n,
+            "heads": len(set(members[group])),
             "accuracy@1": 100.0 * sum(a for a, _, _ in rows) / n,
             "mrr": sum(rr for _, rr, _ in rows) / n,
             "chance_accuracy@1": 100.0 * sum(1.0 / c for _, _, c in rows) / n,
             "chance_mrr": sum(sum(1.0 / j for j in range(1, c + 1)) / c for _, _, c in rows) / n,
             "mean_candidates": sum(c for _, _, c in rows) / n,
         }
+        if intervals:
+            (a_lo, a_hi), (m_lo, m_hi) = bootstrap_ci(np.array([(100.0 * a, rr) for a, rr, _ in rows]), members[group])
+            out[group].update({"accuracy@1_ci95": [a_lo, a_hi], "mrr_ci95": [m_lo, m_hi]})
     return out
 
 
 def markdown(report: dict[str, dict[str, float]]) -> str:
-    lines = ["| group | items | acc@1 | MRR | chance acc@1 | chance MRR |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| group | items | heads | acc@1 (95% CI) | MRR (95% CI) | chance acc@1 | chance MRR |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+
+    def ci(r: dict, key: str, fmt: str) -> str:
+        lo_hi = r.get(f"{key}_ci95")
+        return format(r[key], fmt) + (f" ({lo_hi[0]:{fmt}}-{lo_hi[1]:{fmt}})" if lo_hi else "")
+
     for g, r in report.items():
         lines.append(
-            f"| {g} | {r['triples']} | {r['accuracy@1']:.2f} | {r['mrr']:.4f} | "
+            f"| {g} | {r['triples']} | {r['heads']} | {ci(r, 'accuracy@1', '.2f')} | {ci(r, 'mrr', '.4f')} | "
             f"{r['chance_accuracy@1']:.2f} | {r['chance_mrr']:.4f} |"
         )
     return "\n".join(lines) + "\n"
@@ -333,18 +366,17 @@ def run_relation(model: Any, args: argparse.Namespace, stats: dict[str, int], re
     if len(tokenizer) > model.config.vocab_size:
         raise UserError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the dataset's "
                         f"tokenizer ({len(tokenizer)})", path=args.prepared)
-    cmrm = cmrm_of_export(model.config)  # how the model rendered and pooled its samples
-    share = args.heldout_share if args.heldout_share is not None else (cmrm.heldout_heads if hasattr(
-        model.config, "ckbert_cmrm") else 0.2)
+    share = args.heldout_share if args.heldout_share is not None else (cmrm_of_export(model.config).heldout_heads
+                                                                         if hasattr(model.config, "ckbert_cmrm") else 0.2)
     start = heldout_start(len(dataset), args.eval_rows)
-    items = rp.build_items(dataset, range(start, len(dataset)), kg, cmrm, share, args.k, args.per_mention,
-                           args.seed, stats)
+    items = rp.build_items(dataset, range(start, len(dataset)), kg, rp.BUILD, share, args.k, args.per_mention,
+                           args.seed, stats, tokenizer=tokenizer)
     if not items:
         raise UserError("no relation probe items: the held-out rows link no entity with neighbours",
                         path=args.prepared)
-    scores = rp.score_items(model, tokenizer, dataset, kg, items, cmrm, args.batch_size)
+    scores = rp.score_protocols(model, tokenizer, dataset, kg, items, args.batch_size)
     record.update({"prepared": str(args.prepared), "eval_rows": len(dataset) - start, "heldout_share": share,
-                   "per_mention": args.per_mention, "sample_chars": cmrm.sample_chars, "pool": cmrm.pool,
-                   "render": cmrm.render,
+                   "per_mention": args.per_mention, "sample_chars": rp.BUILD.sample_chars,
+                   "protocols": {name: {"render": c.render, "pool": c.pool} for name, c in rp.PROTOCOLS.items()},
                    "mentions": len({(it.row, it.start) for it in items})})
     return rp.report(items, scores)

@@ -8,18 +8,26 @@ entity, the text "mention + t" (rendered as CMRM renders it, `ckbert.collator.sa
 ranked against K texts "mention + x" for
 - `hop 2-3`: x drawn from the entity's hop-2..3 neighbourhood (CMRM's negatives), and
 - `random`: x drawn uniformly from all entities that are neither the entity nor a 1-hop neighbour,
-by the cosine of the anchor and the sample's masked mean pool over the text or its tail, as the
-model was trained (`cmrm.pool`; CMRM's score; the temperature does not change a ranking). A candidate whose text equals an earlier one (long names cut to
-`sample_chars`) is dropped and counted; a tie counts against the true text.
+by the cosine of the anchor and the candidate text's mean pool (CMRM's score; a temperature does
+not change a ranking). A candidate whose text equals an earlier one (long names cut to
+`sample_chars`) is dropped and counted; a tie is broken at random in expectation.
 
-Each ranking is also made with the anchor of another mention (of another head), the control: it
-is at chance unless the model scores candidate texts without regard to the mention.
+One protocol for every model (issue 24): the candidate texts and their pooling are fixed by the
+probe, not read from how the model was trained, and each rendering is a row of its own
+(`PROTOCOLS`: "mention+tail" texts, the reference's, and "tail" texts, the tail's name alone; both
+pooled over every real token). Every model sees the same items and the same texts.
+
+Each ranking is also made with the anchor of another mention (of another head), a diagnostic: it
+is at chance unless the model scores candidate texts without regard to the mention. It is not the
+control of a knowledge claim, since in-batch CMRM trains exactly that situation; the control is a
+model trained with the same CMRM on the shuffled graph (`ckbert kg-shuffle`).
 
 Items are grouped `seen` / `held_out` by the head entity: `held_out` heads are the share of KG
 entities that CMRM never used (`cmrm.heldout_heads`, a fixed function of the name,
 `ckbert.data_prep.kg_store.heldout_entity`; read from the model's config.json key `ckbert_cmrm`
 when it has one, else `--heldout-share`). Accuracy@1 and MRR are reported beside the exact chance
-level of the same candidate sets.
+level of the same candidate sets, with 95% bootstrap intervals over head entities (`probe.summarise`),
+the number of distinct heads, and the accuracy split by whether the tail's tokens occur in the row.
 """
 
 from __future__ import annotations
@@ -36,10 +44,18 @@ from ckbert.objectives import masked_mean_pool, mention_anchors
 from ckbert.train_config import CMRMConfig
 
 NEGATIVE_SETS = ("hop 2-3", "random")
-# The control: the same candidate texts scored against another mention's anchor (another head). A
-# model that ranks the true text first without relating it to the mention (say, it learned which
+# The diagnostic: the same candidate texts scored against another mention's anchor (another head).
+# A model that ranks the true text first without relating it to the mention (say, it learned which
 # tails are typical positives) scores as well here; one that relates them falls to chance.
 CONTROL = ", control: another mention's anchor"
+# The probe's protocol: how candidate texts are rendered and pooled, the same for every model.
+PROTOCOLS: dict[str, CMRMConfig] = {
+    "mention+tail": CMRMConfig(render="mention_tail", pool="text"),
+    "tail": CMRMConfig(render="tail", pool="text"),
+}
+# Items are built under the rendering that merges the most texts (a prefix shortens the tail's part):
+# two tails whose "tail" texts coincide also coincide as "mention+tail" texts.
+BUILD = PROTOCOLS["mention+tail"]
 
 
 @dataclass
@@ -52,6 +68,7 @@ class RelationItem:
     relation: int
     negatives: dict[str, list[int]]  # negative set -> entity ids, each rendered like the true tail
     group: str  # "seen" / "held_out"
+    tail_in_row: bool | None = None  # the tail's tokens occur in the row (None: not computed)
 
 
 def random_entities(store: Any, exclude: set[int], k: int, rng: np.random.Generator) -> list[int]:
@@ -71,11 +88,17 @@ def item_texts(store: Any, it: RelationItem, cmrm: CMRMConfig) -> dict[str, list
     return {key: [true, *(sample_text(store, name, None, x, cmrm) for x in xs)] for key, xs in it.negatives.items()}
 
 
+def _contains(row: list[int], part: list[int]) -> bool:
+    n = len(part)
+    return n > 0 and any(row[i : i + n] == part for i in range(len(row) - n + 1))
+
+
 def build_items(dataset: Any, rows: range, store: Any, cmrm: CMRMConfig, share: float, k: int,
-                per_mention: int, seed: int, stats: dict[str, int]) -> list[RelationItem]:
+                per_mention: int, seed: int, stats: dict[str, int], tokenizer: Any = None) -> list[RelationItem]:
     """Probe items for every linked mention of `rows`, seeded. A negative whose text (rendered as
-    `cmrm` renders, "mention + tail" by default) equals the true one's or an earlier negative's is
-    dropped and counted (`merged`); rendering the tail alone keeps those texts distinct too."""
+    `cmrm` renders: `BUILD` for the probe) equals the true one's or an earlier negative's is
+    dropped and counted (`merged`); rendering the tail alone keeps those texts distinct too. With a
+    `tokenizer`, each item records whether the tail's tokens occur in its row."""
     rng = np.random.default_rng(seed)
     items: list[RelationItem] = []
     for r in rows:
@@ -113,7 +136,11 @@ def build_items(dataset: Any, rows: range, store: Any, cmrm: CMRMConfig, share: 
                 if any(not v for v in negatives.values()):
                     stats["no_distinct_negative"] = stats.get("no_distinct_negative", 0) + 1
                     continue
-                items.append(RelationItem(r, int(start), int(end), ent, t, first[t], negatives, group))
+                in_row = None
+                if tokenizer is not None:
+                    tail_ids = tokenizer(store.entity_name(t), add_special_tokens=False)["input_ids"]
+                    in_row = _contains(list(row["input_ids"]), list(tail_ids))
+                items.append(RelationItem(r, int(start), int(end), ent, t, first[t], negatives, group, in_row))
     return items
 
 
@@ -179,9 +206,37 @@ def control_partner(items: list[RelationItem], i: int) -> int:
     return i
 
 
-def report(items: list[RelationItem], scores: dict[str, list[list[float]]]) -> dict[str, dict[str, float]]:
-    """`probe.summarise` per "<seen|held_out>, vs <negative set>[, control]" group."""
+def score_protocols(model: Any, tokenizer: Any, dataset: Any, store: Any, items: list[RelationItem],
+                    batch_size: int = 32) -> dict[str, dict[str, list[list[float]]]]:
+    """`score_items` under every protocol of `PROTOCOLS`: protocol -> negative set -> per-item cosines."""
+    return {name: score_items(model, tokenizer, dataset, store, items, cmrm, batch_size)
+            for name, cmrm in PROTOCOLS.items()}
+
+
+def report(items: list[RelationItem], scores: dict[str, dict[str, list[list[float]]]]
+           ) -> dict[str, dict[str, float]]:
+    """`probe.summarise` per "<seen|held_out>, <protocol> texts, vs <negative set>[, control]" group,
+    with intervals over head entities, and the accuracy where the tail's tokens occur in the row
+    and where they do not."""
     from ckbert.finetune.probe import summarise
 
-    groups = [f"{it.group}, vs {key}" for key in scores for it in items]
-    return summarise(groups, [row for key in scores for row in scores[key]])
+    groups, rows, heads, in_row = [], [], [], []
+    for name, by_set in scores.items():
+        for key, per_item in by_set.items():
+            for it, row in zip(items, per_item, strict=True):
+                groups.append(f"{it.group}, {name} texts, vs {key}")
+                rows.append(row)
+                heads.append(it.head)
+                in_row.append(it.tail_in_row)
+    out = summarise(groups, rows, clusters=heads)
+    if any(x is not None for x in in_row):
+        for flag, label in ((True, "tail in row"), (False, "tail not in row")):
+            for r in out.values():
+                r[f"accuracy@1, {label}"], r[f"items, {label}"] = None, 0
+            keep = [i for i, x in enumerate(in_row) if x is flag]
+            part = summarise([groups[i] for i in keep], [rows[i] for i in keep], clusters=[heads[i] for i in keep],
+                             intervals=False)
+            for group, r in part.items():
+                out[group][f"accuracy@1, {label}"] = r["accuracy@1"]
+                out[group][f"items, {label}"] = r["triples"]
+    return out

@@ -55,12 +55,18 @@ def test_probe_cli_reports_seen_and_held_out_against_both_negative_sets(probed_r
     report = json.loads(out.read_text())
     assert report["heldout_share"] == SHARE and report["k"] == 4
     control = ", control: another mention's anchor"
-    assert set(report["groups"]) == {f"{g}, vs {k}{c}" for g in ("seen", "held_out") for k in ("hop 2-3", "random")
+    assert set(report["groups"]) == {f"{g}, {p} texts, vs {k}{c}" for g in ("seen", "held_out")
+                                     for p in ("mention+tail", "tail") for k in ("hop 2-3", "random")
                                      for c in ("", control)}
+    assert report["protocols"] == {"mention+tail": {"render": "mention_tail", "pool": "text"},
+                                   "tail": {"render": "tail", "pool": "text"}}
     for g in report["groups"].values():
-        assert g["triples"] > 0 and 2 <= g["mean_candidates"] <= 5
+        assert g["triples"] > 0 and 2 <= g["mean_candidates"] <= 5 and 1 <= g["heads"] <= g["triples"]
         assert g["chance_accuracy@1"] >= 20.0 and 0.0 <= g["accuracy@1"] <= 100.0
-    assert "| seen, vs hop 2-3 |" in capsys.readouterr().out
+        lo, hi = g["accuracy@1_ci95"]
+        assert 0.0 <= lo <= g["accuracy@1"] <= hi <= 100.0
+        assert g["items, tail in row"] + g["items, tail not in row"] == g["triples"]
+    assert "| seen, mention+tail texts, vs hop 2-3 |" in capsys.readouterr().out
     # --kind relation without --prepared: one line, exit 2
     assert cli(["probe", "--kind", "relation", "--model", str(probed_run / "hf")]) == 2
     assert "needs --prepared" in capsys.readouterr().err
@@ -97,6 +103,7 @@ def test_scores_are_cmrm_cosines_of_our_own_encoder(probed_run, prepared):
     items = rp.build_items(ds, range(start, len(ds)), kg, CMRMConfig(), SHARE, 4, 2, 0, {})[:12]
     hf = AutoModelForMaskedLM.from_pretrained(str(probed_run / "hf"))
     scores = rp.score_items(hf, tok, ds, kg, items, CMRMConfig(), batch_size=5)
+    assert rp.score_protocols(hf, tok, ds, kg, items, batch_size=5)["mention+tail"] == scores
     tail = rp.score_items(hf, tok, ds, kg, items, CMRMConfig(pool="tail"), batch_size=7)
     ckpt = latest_checkpoint(probed_run / "out")
     ours = CKBertForPreTraining(model_config_from_dict(load_trainer_state(ckpt)["model_config"]))
@@ -127,3 +134,106 @@ def test_scores_are_cmrm_cosines_of_our_own_encoder(probed_run, prepared):
                 tail_mask[tail_mask.sum(1) == 0] = enc["attention_mask"][tail_mask.sum(1) == 0]
                 cos = torch.nn.functional.cosine_similarity(anchor, masked_mean_pool(hidden, tail_mask))
                 np.testing.assert_allclose(tail[key][n], cos.numpy(), atol=1e-4)
+
+
+def test_every_model_is_probed_with_the_same_texts(probed_run, prepared_dir, tmp_path):
+    """The protocol is the probe's: a model that says it was trained with other texts and pooling
+    (config.json ckbert_cmrm) gets the same items, texts and scores as one that says nothing."""
+    import shutil
+
+    reports = []
+    for name, recorded in (("cmrm_tail", {"render": "tail", "pool": "tail", "sample_chars": 8}), ("plain", None)):
+        model = tmp_path / name
+        shutil.copytree(probed_run / "hf", model)
+        config = json.loads((model / "config.json").read_text())
+        if recorded is None:
+            config.pop("ckbert_cmrm")
+        else:
+            config["ckbert_cmrm"].update(recorded)
+        (model / "config.json").write_text(json.dumps(config))
+        out = tmp_path / f"{name}.json"
+        assert cli(["probe", "--kind", "relation", "--model", str(model), "--prepared", str(prepared_dir),
+                    "--eval-rows", "48", "--heldout-share", str(SHARE), "--out", str(out)]) == 0
+        reports.append(json.loads(out.read_text()))
+    assert reports[0]["groups"] == reports[1]["groups"] and reports[0]["protocols"] == reports[1]["protocols"]
+
+
+class _Encoder(torch.nn.Module):
+    """A stand-in encoder for the probe's scoring: a probe row's mention gets the vector of one
+    text (`anchor_text`: the item's true candidate for the oracle), every other sequence the
+    vector of its own token ids; `constant` gives every position the same vector."""
+
+    def __init__(self, rows: dict[tuple, dict[tuple[int, int], tuple]], constant: bool = False):
+        super().__init__()
+        self.rows, self.constant = rows, constant
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    @staticmethod
+    def vec(ids: tuple) -> torch.Tensor:
+        return torch.from_numpy(np.random.default_rng(abs(hash(ids)) % 2**32).standard_normal(32)).float()
+
+    def forward(self, input_ids, attention_mask):
+        out = torch.zeros(*input_ids.shape, 32)
+        for b in range(len(input_ids)):
+            ids = tuple(input_ids[b][attention_mask[b].bool()].tolist())
+            if self.constant:
+                out[b] = 1.0
+            elif ids in self.rows:
+                out[b] = torch.randn(input_ids.shape[1], 32)
+                for (a, e), text_ids in self.rows[ids].items():
+                    out[b, a + 1 : e + 1] = self.vec(text_ids)  # +1: [CLS]
+            else:
+                out[b] = self.vec(ids)
+        from types import SimpleNamespace
+
+        return SimpleNamespace(last_hidden_state=out)
+
+
+class _LM(torch.nn.Module):
+    def __init__(self, encoder):
+        super().__init__()
+        self.base_model = encoder
+
+
+@pytest.mark.parametrize("protocol", ["mention+tail", "tail"])
+def test_an_oracle_scores_100_and_a_constant_encoder_exact_chance(prepared, protocol):
+    from ckbert.collator import tokenize_samples
+    from ckbert.finetune.probe import summarise
+
+    manifest, ds, kg, tok = prepared
+    start = heldout_start(len(ds), 48)
+    items = rp.build_items(ds, range(start, len(ds)), kg, rp.BUILD, SHARE, 4, 1, 0, {})  # one item per mention
+    cmrm = rp.PROTOCOLS[protocol]
+    rows: dict[tuple, dict] = {}
+    for it in items:
+        true_text = rp.item_texts(kg, it, cmrm)["hop 2-3"][0]
+        ids, mask, _ = tokenize_samples(tok, [true_text], [0], cmrm)
+        row = (tok.cls_token_id, *ds[it.row]["input_ids"], tok.sep_token_id)
+        rows.setdefault(row, {})[(it.start, it.end)] = tuple(ids[0][mask[0].astype(bool)].tolist())
+    for constant in (False, True):
+        lm = _LM(_Encoder(rows, constant))
+        scores = rp.score_items(lm, tok, ds, kg, items, cmrm, batch_size=7)
+        for key in rp.NEGATIVE_SETS:
+            report = summarise([it.group for it in items], scores[key])
+            for r in report.values():
+                if constant:
+                    assert r["accuracy@1"] == pytest.approx(r["chance_accuracy@1"])
+                    assert r["mrr"] == pytest.approx(r["chance_mrr"])
+                else:
+                    assert r["accuracy@1"] == 100.0 and r["mrr"] == 1.0
+
+
+def test_bootstrap_intervals_resample_heads():
+    from ckbert.finetune.probe import bootstrap_ci, summarise
+
+    # one head right on all of its 9 items, nine heads wrong on their one item each: the item mean is
+    # 50%, and resampling heads (not items) gives a wide interval
+    scores = [[1.0, 0.0]] * 9 + [[0.0, 1.0]] * 9
+    heads = ["a"] * 9 + [f"h{i}" for i in range(9)]
+    r = summarise(["g"] * 18, scores, clusters=heads)["g"]
+    assert r["accuracy@1"] == 50.0 and r["heads"] == 10
+    lo, hi = r["accuracy@1_ci95"]
+    assert lo < 25.0 and hi > 75.0
+    by_item = summarise(["g"] * 18, scores)["g"]["accuracy@1_ci95"]
+    assert by_item[1] - by_item[0] < hi - lo
+    assert bootstrap_ci(np.ones((5, 2)), list("abcde")) == [(1.0, 1.0), (1.0, 1.0)]
