@@ -77,9 +77,10 @@ for i in marks:
           f"(chance {math.log(max(r['cmrm_candidates'], 1) / max(r['cmrm_mentions'], 1)):.3f})  "
           f"lr {r['lr']:.1e}  {r['tokens_per_s']:.0f} tok/s  mentions {r['cmrm_mentions']}")
 PYEOF
-# The same held-out rows (data.eval_rows 1024 of both recipes) and masks for the starter and the result.
+# The same held-out rows (data.eval_rows 1024 of both recipes; their test half, issue 24) and masks for
+# the starter and the result.
 $CKBERT eval --model "$STARTER" "$DEMO/model" --name starter "demo (continued)" --prepared "$DEMO/prepared" \
-  --eval-rows 1024 --temperature 0.1 --examples 3 --json > "$DEMO/heldout.jsonl"
+  --eval-rows 1024 --split test --temperature 0.1 --examples 3 --json > "$DEMO/heldout.jsonl"
 $PY - "$DEMO/heldout.jsonl" <<'PYEOF'
 import json, sys
 from ckbert.mlm_eval import report
@@ -89,12 +90,13 @@ gap = demo["eval_rand_unigram_mlm"] - demo["eval_rand_mlm"]
 if gap < 0.5:
     sys.exit(f"run_pretrain: the exported model is only {gap:.2f} nats below the unigram baseline")
 PYEOF
-# The relation probe (issue 12): a mention's anchor against "mention + true neighbour" and "mention +
-# hop-2..3 entity" texts, on the same held-out rows; the control scores the same texts against
-# another mention's anchor, so a ranking that ignores the mention shows as control = probe.
-stamp "relation probe on held-out rows (seen / held-out heads; control: another mention's anchor)"
+# The relation probe (issues 12, 24): a mention's anchor against its true neighbour's text and
+# hop-2..3 / random entities' texts, on the test half of the held-out rows and heads; the same items
+# and texts for both models (the probe's protocol: "mention+tail" and "tail" texts, each its own row),
+# with 95% intervals over heads. The "control: another mention's anchor" rows are a diagnostic.
+stamp "relation probe on held-out rows, test half (seen / held-out heads; the same texts for both models)"
 for m in "$STARTER" "$DEMO/model"; do
   echo "$m:"
-  $CKBERT probe --kind relation --model "$m" --prepared "$DEMO/prepared" --eval-rows 1024
+  $CKBERT probe --kind relation --model "$m" --prepared "$DEMO/prepared" --eval-rows 1024 --split test
 done
 stamp "done: model in $DEMO/model"

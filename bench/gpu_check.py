@@ -240,7 +240,7 @@ def step_starter(a: argparse.Namespace, out: Path, log) -> dict[str, Any]:
     eval_json = work / "eval.jsonl"
     with open(eval_json, "w", encoding="utf-8") as f:
         rc = subprocess.run(cli + ["eval", "--model", *map(str, models.values()), "--name", *models, "--prepared",
-                                   str(a.prepared), "--eval-rows", str(rows), "--json"],
+                                   str(a.prepared), "--eval-rows", str(rows), "--split", "all", "--json"],
                             stdout=f, stderr=log, cwd=REPO, timeout=max(a.deadline - time.time(), 1)).returncode
     res["eval_rc"] = rc
     res["heldout"] = [{"name": name, **json.loads(ln)} for name, ln in

@@ -209,7 +209,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, tokenizer: str | None =
     step = int(state.get("step", 0))
     card = card_info(state, run_metrics(ckpt, step), metrics or {})
     return export_hf_folder(weights, config, find_tokenizer(ckpt, state, tokenizer), out, card, overwrite,
-                            recorded_cmrm(state))
+                            {**recorded_cmrm(state), **recorded_split(state)})
 
 
 # CMRM settings an export records in config.json under "ckbert_cmrm" (the relation probe reads them:
@@ -224,6 +224,20 @@ def recorded_cmrm(state: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(cmrm, dict) or not cmrm.get("enabled"):
         return {}
     return {"ckbert_cmrm": {k: cmrm[k] for k in RECORDED_CMRM_KEYS if k in cmrm}}
+
+
+def recorded_split(state: dict[str, Any]) -> dict[str, Any]:
+    """The `ckbert_split` entry of config.json: which rows of which dataset the run trained on and
+    which share of heads CMRM held out, so that `ckbert eval` / `probe` score only unseen data."""
+    held = state.get("heldout")
+    if not isinstance(held, dict):
+        return {}
+    cmrm = state.get("config", {}).get("cmrm", {})
+    share = cmrm.get("heldout_heads", 0.0) if isinstance(cmrm, dict) and cmrm.get("enabled") else 0.0
+    return {"ckbert_split": {"rows": held["rows"], "train_rows": held["train_rows"], "heldout_heads": share,
+                             "kg_fingerprint": state.get("kg_fingerprint"),
+                             "halves": "validation = first half of the held-out rows and heads with hash below "
+                                       "share / 2; test = the rest"}}
 
 
 def cmrm_of_export(hf_config: Any) -> CMRMConfig:

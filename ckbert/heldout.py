@@ -39,6 +39,43 @@ def heldout_start(n_rows: int, eval_rows: int) -> int:
     return n_rows - min(eval_rows, n_rows // 10)
 
 
+# The held-out rows (and, in `ckbert.data_prep.kg_store.heldout_part`, the held-out heads) are split
+# in two (issue 24): "validation" for screens and recipe choices, "test" reported once per recipe.
+SPLITS = ("validation", "test", "all")
+
+
+def split_rows(n_rows: int, eval_rows: int, split: str) -> range:
+    """The held-out rows of `split`: validation is the first half of [start, n_rows), test the rest."""
+    start = heldout_start(n_rows, eval_rows)
+    mid = start + (n_rows - start) // 2
+    return {"validation": range(start, mid), "test": range(mid, n_rows), "all": range(start, n_rows)}[split]
+
+
+def recorded_split(hf_config: Any) -> dict[str, Any] | None:
+    """config.json `ckbert_split` of an export (`ckbert.export.recorded_split`), or None."""
+    value = getattr(hf_config, "ckbert_split", None)
+    return dict(value) if isinstance(value, dict) else None
+
+
+def eval_rows_for(hf_config: Any, n_rows: int, requested: int | None, source: Any) -> int:
+    """The held-out row count to score a model on: `requested` (an --eval-rows) or the one the model
+    recorded; refused when it would take in rows the model trained on, or when the model recorded
+    another dataset's row count. Without a record: `requested`, else 256."""
+    from ckbert.errors import UserError
+
+    split = recorded_split(hf_config)
+    if split is None:
+        return 256 if requested is None else requested
+    if split.get("rows") != n_rows:
+        raise UserError(f"the model recorded a split of {split.get('rows')} rows, this dataset has {n_rows}: "
+                        "not the data it was trained on", path=source)
+    held = n_rows - int(split["train_rows"])
+    if requested is not None and heldout_start(n_rows, requested) < int(split["train_rows"]):
+        raise UserError(f"--eval-rows {requested} takes in rows the model trained on (it held out the last {held} "
+                        f"of {n_rows} rows)")
+    return held if requested is None else requested
+
+
 def unigram_log_probs(dataset, n_train: int, vocab_size: int) -> torch.Tensor:
     """log p(token) [V] from the token counts of rows [0, n_train), add-one smoothed."""
     column = dataset.data.column("input_ids").slice(0, n_train)  # Arrow list<int> column, no Python rows

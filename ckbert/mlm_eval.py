@@ -41,11 +41,12 @@ from ckbert.train_config import CMRMConfig, MaskingConfig
 
 @torch.no_grad()
 def evaluate_hf(model, prepared: tuple, eval_rows: int, seed: int = 0, temperature: float = 0.5,
-                batch_size: int = 32) -> dict[str, Any]:
-    """Every number of the module docstring for one loaded HF masked-LM model."""
+                batch_size: int = 32, split: str = "all") -> dict[str, Any]:
+    """Every number of the module docstring for one loaded HF masked-LM model, on the held-out rows
+    of `split` (`ckbert.heldout.split_rows`); the unigram baseline counts the training rows."""
     manifest, ds, kg, tok = prepared
     n_train = heldout.heldout_start(len(ds), eval_rows)
-    keys = [(0, r) for r in range(n_train, len(ds))]
+    keys = [(0, r) for r in heldout.split_rows(len(ds), eval_rows, split)]
     vocab = model.config.vocab_size
     if len(tok) > vocab:
         raise UserError(f"the model's vocabulary ({vocab}) is smaller than the dataset's tokenizer ({len(tok)})")
@@ -158,14 +159,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, nargs="+", help="Hugging Face model folder(s), e.g. from `ckbert export`")
     p.add_argument("--name", nargs="+", help="a column name per model (default: the folder)")
     p.add_argument("--prepared", required=True, help="prepared dataset folder (the same tokenizer as the models)")
-    p.add_argument("--eval-rows", type=int, default=256, help="as data.eval_rows of the training recipe")
+    p.add_argument("--eval-rows", type=int, help="the held-out rows (default: those each model recorded in config.json "
+                   "ckbert_split, else 256); refused when they take in rows a model trained on")
+    p.add_argument("--split", choices=heldout.SPLITS, default="validation",
+                   help="which half of the held-out rows (default validation; report test once per recipe)")
     p.add_argument("--seed", type=int, default=0, help="mask seed (and init seed with --untrained)")
     p.add_argument("--temperature", type=float, default=0.5, help="CMRM temperature for the loss")
     p.add_argument("--untrained", action="store_true", help="fresh weights, same architecture")
     p.add_argument("--examples", type=int, default=0, help="fill-mask examples per model")
     p.add_argument("--json", action="store_true", help="one JSON object per model instead of the table")
     args = p.parse_args(argv)
-    check_number("--eval-rows", args.eval_rows, low=1)
+    if args.eval_rows is not None:
+        check_number("--eval-rows", args.eval_rows, low=1)
     check_number("--examples", args.examples, low=0)
     check_number("--temperature", args.temperature, low=1e-4)
     if args.name and len(args.name) != len(args.model):
@@ -183,10 +188,11 @@ def main(argv: list[str] | None = None) -> int:
                 model = AutoModelForMaskedLM.from_pretrained(folder)
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot load the model: {str(exc).splitlines()[0]}", path=folder) from None
-        result = {"model": folder, "untrained": args.untrained,
-                  **evaluate_hf(model.float(), prepared, args.eval_rows, args.seed, args.temperature)}
+        eval_rows = heldout.eval_rows_for(model.config, len(prepared[1]), args.eval_rows, folder)
+        result = {"model": folder, "untrained": args.untrained, "eval_rows": eval_rows, "split": args.split,
+                  **evaluate_hf(model.float(), prepared, eval_rows, args.seed, args.temperature, split=args.split)}
         if args.examples:
-            start = heldout.heldout_start(len(prepared[1]), args.eval_rows)
+            start = heldout.split_rows(len(prepared[1]), eval_rows, args.split).start
             result["fill_mask"] = fill_mask_examples(folder, prepared[1], prepared[3], start, args.examples)
         results.append(result)
         if args.json:

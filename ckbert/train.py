@@ -418,13 +418,15 @@ class PretrainRun:
         self.sharded = cfg.parallel.strategy == "fsdp"
 
     def _heldout_sets(self, max_length: int) -> dict[str, list[dict[str, torch.Tensor]]]:
-        """Held-out rows, twice: with the objective's masks (and CMRM samples) and with random-token
-        masks; plus the first rows for the collapse signal."""
+        """The validation half of the held-out rows (`heldout.split_rows`; the test half is never
+        looked at during a run), twice: with the objective's masks (and CMRM samples) and with
+        random-token masks; plus the first rows for the collapse signal."""
         cfg = self.cfg
         rand = PretrainCollator(self.tokenizer, self.manifest, None, heldout.RANDOM_TOKEN_EVAL,
                                 dataclasses.replace(cfg.cmrm, enabled=False), max_length, cfg.seed,
                                 cfg.data.pad_to_multiple_of)
-        self.eval_keys = keys = [(0, r) for r in range(self.n_train, len(self.dataset))]
+        rows = heldout.split_rows(len(self.dataset), cfg.data.eval_rows, "validation")
+        self.eval_keys = keys = [(0, r) for r in rows]
         rows = KeyedRows(self.dataset)
         bs = cfg.train.batch_size
         sets = {name: [to_device(col(rows.__getitems__(keys[i : i + bs])), self.device)
@@ -470,6 +472,7 @@ class PretrainRun:
             "tokenizer_fingerprint": self.manifest["tokenizer"]["fingerprint"],
             "kg_fingerprint": self.manifest["kg"]["fingerprint"], "masking_mode": self.manifest["masking_mode"],
             "tokenizer_dir": "../../tokenizer",
+            "heldout": {"rows": len(self.dataset), "train_rows": self.n_train},  # the split (ckbert_split)
             # measured numbers for the model card (ckbert export): the last logged step and eval
             "metrics": {**{f"train_{k}": round(v, 4) for k, v in self.last.items() if k in ("loss", "mlm", "cmrm")},
                         **{k: round(v, 4) for k, v in self.last_eval.items()}},

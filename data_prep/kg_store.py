@@ -428,6 +428,16 @@ def heldout_entity(name: str, share: float) -> bool:
     return int.from_bytes(digest, "big") / 2.0**64 < share
 
 
+def heldout_part(name: str, share: float) -> str | None:
+    """Which half of the held-out heads `name` is in: "validation" (hash fraction below share / 2),
+    "test" (the rest of the share) or None (not held out): the same hash as `heldout_entity`."""
+    if share <= 0:
+        return None
+    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8, person=b"ckbert-heldout").digest()
+    x = int.from_bytes(digest, "big") / 2.0**64
+    return None if x >= share else ("validation" if x < share / 2 else "test")
+
+
 def sample_positive(store: KGStore, i: int, rng: np.random.Generator) -> tuple[int, int] | None:
     """One random 1-hop fact (relation id, tail id) of entity `i`, or None when it has no out-edge."""
     a, b = int(store.indptr[i]), int(store.indptr[i + 1])

@@ -34,6 +34,7 @@ import torch
 
 from ckbert.data_prep.kg_store import INVERSE_SUFFIX
 from ckbert.errors import UserError
+from ckbert.heldout import SPLITS
 from ckbert.finetune.checkpoint import check_model_dir, load_model, load_tokenizer
 from ckbert.finetune.submission import write_json
 from ckbert.outputs import check_out_file
@@ -291,7 +292,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-tail-tokens", type=int, default=8, help="cloze: longest tail, in tokens (default 8)")
     p.add_argument("--template", default=DEFAULT_TEMPLATE, help=f"cloze template (default {DEFAULT_TEMPLATE!r})")
     p.add_argument("--score", choices=("mean", "sum"), default="mean", help="cloze: per-token mean or sum of log-probs")
-    p.add_argument("--eval-rows", type=int, default=256, help="relation: the held-out rows (a run's data.eval_rows)")
+    p.add_argument("--eval-rows", type=int, help="relation: the held-out rows (default: those the model recorded "
+                   "in config.json ckbert_split, else 256); refused when they take in rows the model trained on")
+    p.add_argument("--split", choices=SPLITS, default="validation",
+                   help="relation: which half of the held-out rows and heads (default validation: screens and "
+                        "choices; report test once per recipe)")
     p.add_argument("--per-mention", type=int, default=2, help="relation: true neighbours asked per mention (default 2)")
     p.add_argument("--heldout-share", type=float, help="relation: share of heads CMRM held out (default: the "
                    "model's config.json ckbert_cmrm.heldout_heads, else 0.2)")
@@ -305,7 +310,7 @@ def main(argv: list[str]) -> int:
     if "{tail}" not in args.template or "{head}" not in args.template:
         raise UserError("--template must contain {head} and {tail}")
     for flag in ("k", "max_triples", "max_tail_tokens", "batch_size", "eval_rows", "per_mention"):
-        if getattr(args, flag) < 1:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
@@ -360,22 +365,29 @@ def run_relation(model: Any, args: argparse.Namespace, stats: dict[str, int], re
     from ckbert.data_prep.dataset import open_prepared
     from ckbert.export import cmrm_of_export
     from ckbert.finetune import relation_probe as rp
-    from ckbert.heldout import heldout_start
+    from ckbert.heldout import eval_rows_for, recorded_split, split_rows
 
     manifest, dataset, kg, tokenizer = open_prepared(args.prepared)
     if len(tokenizer) > model.config.vocab_size:
         raise UserError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the dataset's "
                         f"tokenizer ({len(tokenizer)})", path=args.prepared)
-    share = args.heldout_share if args.heldout_share is not None else (cmrm_of_export(model.config).heldout_heads
-                                                                         if hasattr(model.config, "ckbert_cmrm") else 0.2)
-    start = heldout_start(len(dataset), args.eval_rows)
-    items = rp.build_items(dataset, range(start, len(dataset)), kg, rp.BUILD, share, args.k, args.per_mention,
-                           args.seed, stats, tokenizer=tokenizer)
+    recorded = recorded_split(model.config)
+    if args.heldout_share is not None:
+        share = args.heldout_share
+    elif recorded is not None:
+        share = recorded["heldout_heads"]
+    else:
+        share = cmrm_of_export(model.config).heldout_heads if hasattr(model.config, "ckbert_cmrm") else 0.2
+    eval_rows = eval_rows_for(model.config, len(dataset), args.eval_rows, args.model)
+    rows = split_rows(len(dataset), eval_rows, args.split)
+    items = rp.build_items(dataset, rows, kg, rp.BUILD, share, args.k, args.per_mention, args.seed, stats,
+                           tokenizer=tokenizer, split=args.split)
     if not items:
         raise UserError("no relation probe items: the held-out rows link no entity with neighbours",
                         path=args.prepared)
     scores = rp.score_protocols(model, tokenizer, dataset, kg, items, args.batch_size)
-    record.update({"prepared": str(args.prepared), "eval_rows": len(dataset) - start, "heldout_share": share,
+    record.update({"prepared": str(args.prepared), "eval_rows": eval_rows, "split": args.split,
+                   "rows": [rows.start, rows.stop], "split_recorded": recorded is not None, "heldout_share": share,
                    "per_mention": args.per_mention, "sample_chars": rp.BUILD.sample_chars,
                    "protocols": {name: {"render": c.render, "pool": c.pool} for name, c in rp.PROTOCOLS.items()},
                    "mentions": len({(it.row, it.start) for it in items})})

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ckbert.collator import name_chars, sample_text, tokenize_samples
-from ckbert.data_prep.kg_store import heldout_entity, sample_negatives
+from ckbert.data_prep.kg_store import heldout_entity, heldout_part, sample_negatives
 from ckbert.objectives import masked_mean_pool, mention_anchors
 from ckbert.train_config import CMRMConfig
 
@@ -94,11 +94,13 @@ def _contains(row: list[int], part: list[int]) -> bool:
 
 
 def build_items(dataset: Any, rows: range, store: Any, cmrm: CMRMConfig, share: float, k: int,
-                per_mention: int, seed: int, stats: dict[str, int], tokenizer: Any = None) -> list[RelationItem]:
+                per_mention: int, seed: int, stats: dict[str, int], tokenizer: Any = None,
+                split: str = "all") -> list[RelationItem]:
     """Probe items for every linked mention of `rows`, seeded. A negative whose text (rendered as
     `cmrm` renders: `BUILD` for the probe) equals the true one's or an earlier negative's is
     dropped and counted (`merged`); rendering the tail alone keeps those texts distinct too. With a
-    `tokenizer`, each item records whether the tail's tokens occur in its row."""
+    `tokenizer`, each item records whether the tail's tokens occur in its row. `split` "validation"
+    or "test" keeps the held-out heads of that half only (`heldout_part`); `rows` is the caller's."""
     rng = np.random.default_rng(seed)
     items: list[RelationItem] = []
     for r in rows:
@@ -112,6 +114,9 @@ def build_items(dataset: Any, rows: range, store: Any, cmrm: CMRMConfig, share: 
                 continue
             name = store.entity_name(ent)
             group = "held_out" if heldout_entity(name, share) else "seen"
+            if group == "held_out" and split != "all" and heldout_part(name, share) != split:
+                stats["other_split_head"] = stats.get("other_split_head", 0) + 1
+                continue
             hard = sample_negatives(store, ent, k, rng, max_hop=cmrm.max_hop)
             if not hard:
                 stats["no_hop23"] = stats.get("no_hop23", 0) + 1

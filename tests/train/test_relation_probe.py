@@ -237,3 +237,53 @@ def test_bootstrap_intervals_resample_heads():
     by_item = summarise(["g"] * 18, scores)["g"]["accuracy@1_ci95"]
     assert by_item[1] - by_item[0] < hi - lo
     assert bootstrap_ci(np.ones((5, 2)), list("abcde")) == [(1.0, 1.0), (1.0, 1.0)]
+
+
+def test_the_export_records_its_split_and_eval_and_probe_honour_it(probed_run, prepared_dir, prepared, capsys):
+    from ckbert.heldout import split_rows
+
+    manifest, ds, kg, tok = prepared
+    split = json.loads((probed_run / "hf" / "config.json").read_text())["ckbert_split"]
+    assert split["rows"] == len(ds) and split["train_rows"] == heldout_start(len(ds), 48)
+    assert split["heldout_heads"] == SHARE and split["kg_fingerprint"] == kg.fingerprint
+    model = str(probed_run / "hf")
+    # more held-out rows than the model held out would score rows it trained on: refused, one line
+    for command in (["probe", "--kind", "relation"], ["eval"]):
+        rc = cli([*command, "--model", model, "--prepared", str(prepared_dir), "--eval-rows", str(len(ds) // 10 + 5)])
+        err = capsys.readouterr().err
+        assert rc == 2 and "takes in rows the model trained on" in err and "Traceback" not in err
+    # without --eval-rows: the recorded split; validation and test are the two halves
+    out = {}
+    for half in ("validation", "test"):
+        path = probed_run / f"probe_{half}.json"
+        assert cli(["probe", "--kind", "relation", "--model", model, "--prepared", str(prepared_dir),
+                    "--split", half, "--out", str(path), "--overwrite"]) == 0
+        out[half] = json.loads(path.read_text())
+        assert out[half]["split_recorded"] and out[half]["eval_rows"] == len(ds) - split["train_rows"]
+    v, t = (split_rows(len(ds), 48, h) for h in ("validation", "test"))
+    assert out["validation"]["rows"] == [v.start, v.stop] and out["test"]["rows"] == [t.start, t.stop]
+    assert v.stop == t.start and v.start == split["train_rows"] and t.stop == len(ds)
+
+
+def test_held_out_heads_split_into_halves_by_the_same_hash():
+    from ckbert.data_prep.kg_store import heldout_part
+
+    names = [f"实体{i}" for i in range(4000)]
+    parts = [heldout_part(n, 0.2) for n in names]
+    assert all((p is not None) == heldout_entity(n, 0.2) for n, p in zip(names, parts, strict=True))
+    assert 0.08 < parts.count("validation") / len(names) < 0.12 and 0.08 < parts.count("test") / len(names) < 0.12
+    assert heldout_part("实体1", 0.0) is None
+
+
+def test_probe_items_of_a_split_keep_only_its_held_out_heads(prepared):
+    from ckbert.data_prep.kg_store import heldout_part
+
+    manifest, ds, kg, tok = prepared
+    rows = range(heldout_start(len(ds), 48), len(ds))
+    every = rp.build_items(ds, rows, kg, rp.BUILD, SHARE, 4, 2, 0, {})
+    for half in ("validation", "test"):
+        stats: dict[str, int] = {}
+        items = rp.build_items(ds, rows, kg, rp.BUILD, SHARE, 4, 2, 0, stats, split=half)
+        held = [it for it in items if it.group == "held_out"]
+        assert all(heldout_part(kg.entity_name(it.head), SHARE) == half for it in held)
+        assert {it.head for it in items if it.group == "seen"} == {it.head for it in every if it.group == "seen"}
