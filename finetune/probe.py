@@ -34,9 +34,9 @@ import torch
 
 from ckbert.data_prep.kg_store import INVERSE_SUFFIX
 from ckbert.errors import UserError
-from ckbert.heldout import SPLITS
 from ckbert.finetune.checkpoint import check_model_dir, load_model, load_tokenizer
 from ckbert.finetune.submission import write_json
+from ckbert.heldout import SPLITS
 from ckbert.outputs import check_out_file
 
 DEFAULT_TEMPLATE = "{head}的{relation}是{tail}。"
