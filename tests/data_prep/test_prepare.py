@@ -260,6 +260,10 @@ def test_demo_data(tmp_path, sources, capsys):
     assert info["kg"]["triples"] > 900_000
     first = (out / "kg.tsv").open(encoding="utf-8").readline().rstrip("\n").split("\t")
     assert len(first) == 3
+    location = (out / "kg_location.tsv").read_text(encoding="utf-8").splitlines()
+    assert len(location) == info["kg_location"]["triples"] > 40_000
+    assert all(len(ln.split("\t")) == 3 for ln in location[:100])
+    assert "location KG" in capsys.readouterr().out
 
 
 def test_kg_inverse_edges_option(tmp_path, prepared, pd_file, kg_tsv, capsys):
