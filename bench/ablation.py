@@ -305,9 +305,10 @@ def build_probe_items(s: Settings, out: Path, seed: int = 0) -> dict[str, Any]:
     from ckbert.heldout import heldout_start
 
     _, dataset, kg, tok = open_prepared(s.prepared)
-    seen = probe.seen_heads_from_prepared(kg, Path(s.prepared))
+    seen, excluded = probe.seen_heads_from_prepared(kg, Path(s.prepared), heldout_start(len(dataset), s.eval_rows),
+                                                    s.heldout_heads)
     cloze_stats: dict[str, int] = {}
-    cloze = probe.build_items(kg, tok, seen, 9, s.probe_triples, 8, seed, cloze_stats)
+    cloze = probe.build_items(kg, tok, seen, 9, s.probe_triples, 8, seed, cloze_stats, excluded)
     rel_stats: dict[str, int] = {}
     start = heldout_start(len(dataset), s.eval_rows)
     rel = relation_probe.build_items(dataset, range(start, len(dataset)), kg, relation_probe.BUILD, s.heldout_heads,

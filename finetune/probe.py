@@ -74,17 +74,25 @@ def seen_heads_from_file(store: Any, path: Path) -> tuple[set[int], int]:
     return seen, unknown
 
 
-def seen_heads_from_prepared(store: Any, prepared: Path) -> set[int]:
-    """Every entity the prepared dataset links a mention to: the heads CMRM could sample from."""
+def seen_heads_from_prepared(store: Any, prepared: Path, train_rows: int | None = None,
+                             heldout_share: float = 0.0) -> tuple[set[int], set[int]]:
+    """(seen, excluded): seen = the entities that mentions in the training rows [0, train_rows) link
+    to (all rows when None) and that CMRM could use; excluded = those linked there that CMRM held
+    out (`heldout_entity` with `heldout_share`): the model read them in context but never trained
+    their facts, so they are in neither the seen nor the held-out group. Entities linked only in
+    held-out rows stay held out."""
     from ckbert.data_prep.dataset import open_prepared
+    from ckbert.data_prep.kg_store import heldout_entity
 
     _, dataset, kg, _ = open_prepared(prepared)
     if kg.fingerprint != store.fingerprint:
         raise UserError("the prepared dataset was built with a different KG than --kg", path=prepared)
-    seen: set[int] = set()
-    for ids in dataset["ent_id"]:
-        seen.update(int(i) for i in ids)
-    return seen
+    linked: set[int] = set()
+    column = dataset["ent_id"] if train_rows is None else dataset.select(range(train_rows))["ent_id"]
+    for ids in column:
+        linked.update(int(i) for i in ids)
+    excluded = {e for e in linked if heldout_entity(store.entity_name(e), heldout_share)}
+    return linked - excluded, excluded
 
 
 def relation_pools(store: Any, heads: np.ndarray, rels: np.ndarray, tails: np.ndarray
@@ -115,8 +123,10 @@ def build_items(
     max_tail_tokens: int,
     seed: int,
     stats: dict[str, int],
+    excluded: set[int] | None = None,
 ) -> list[ProbeItem]:
-    """Up to `max_triples` probe items per group, triples drawn in a seeded random order."""
+    """Up to `max_triples` probe items per group, triples drawn in a seeded random order; heads in
+    `excluded` are asked in no group (counted)."""
     heads, rels, tails = all_triples(store)
     rng = np.random.default_rng(seed)
     tail_count, pools, asked = relation_pools(store, heads, rels, tails)
@@ -132,6 +142,9 @@ def build_items(
     taken: dict[str, int] = {}
     for t in rng.permutation(np.flatnonzero(asked)):
         h, r, tail = int(heads[t]), int(rels[t]), int(tails[t])
+        if excluded and h in excluded:
+            stats["excluded_head"] = stats.get("excluded_head", 0) + 1
+            continue
         group = "all" if seen is None else ("seen" if h in seen else "held_out")
         if taken.get(group, 0) >= max_triples:
             if seen is None or all(taken.get(g, 0) >= max_triples for g in ("seen", "held_out")):
@@ -292,14 +305,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-tail-tokens", type=int, default=8, help="cloze: longest tail, in tokens (default 8)")
     p.add_argument("--template", default=DEFAULT_TEMPLATE, help=f"cloze template (default {DEFAULT_TEMPLATE!r})")
     p.add_argument("--score", choices=("mean", "sum"), default="mean", help="cloze: per-token mean or sum of log-probs")
-    p.add_argument("--eval-rows", type=int, help="relation: the held-out rows (default: those the model recorded "
-                   "in config.json ckbert_split, else 256); refused when they take in rows the model trained on")
+    p.add_argument("--eval-rows", type=int, help="the held-out rows (relation: scored; cloze with --prepared: their "
+                   "links do not make a head seen). Default: those the model recorded in config.json ckbert_split, "
+                   "else 256; refused when they take in rows the model trained on")
     p.add_argument("--split", choices=SPLITS, default="validation",
                    help="relation: which half of the held-out rows and heads (default validation: screens and "
                         "choices; report test once per recipe)")
     p.add_argument("--per-mention", type=int, default=2, help="relation: true neighbours asked per mention (default 2)")
-    p.add_argument("--heldout-share", type=float, help="relation: share of heads CMRM held out (default: the "
-                   "model's config.json ckbert_cmrm.heldout_heads, else 0.2)")
+    p.add_argument("--heldout-share", type=float, help="share of heads CMRM held out (default: the model's "
+                   "config.json record; else relation 0.2, cloze 0: the cloze leaves them out of both groups)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--random-init", action="store_true", help="same architecture and tokenizer, random weights (chance baseline)")
@@ -347,11 +361,24 @@ def run_cloze(model: Any, args: argparse.Namespace, stats: dict[str, int], recor
     store = KGStore.open(args.kg)
     tokenizer = load_tokenizer(args.model)
     heads: set[int] | None = None
+    excluded: set[int] = set()
     if args.prepared is not None:
-        heads = seen_heads_from_prepared(store, args.prepared)
+        # seen: linked in the rows the model trained on (its recorded split, else all but the last
+        # --eval-rows) and not among CMRM's held-out heads
+        from ckbert.data_prep.dataset import read_manifest
+        from ckbert.heldout import eval_rows_for, heldout_start, recorded_split
+
+        n_rows = sum(int(sh["rows"]) for sh in read_manifest(args.prepared)["shards"])
+        recorded = recorded_split(model.config)
+        share = args.heldout_share if args.heldout_share is not None else (
+            recorded["heldout_heads"] if recorded is not None else 0.0)
+        train_rows = heldout_start(n_rows, eval_rows_for(model.config, n_rows, args.eval_rows, args.model))
+        heads, excluded = seen_heads_from_prepared(store, args.prepared, train_rows, share)
+        record.update({"train_rows": train_rows, "heldout_share": share, "split_recorded": recorded is not None})
     elif args.seen_heads is not None:
         heads, stats["seen_heads_not_in_kg"] = seen_heads_from_file(store, args.seen_heads)
-    items = build_items(store, tokenizer, heads, args.k, args.max_triples, args.max_tail_tokens, args.seed, stats)
+    items = build_items(store, tokenizer, heads, args.k, args.max_triples, args.max_tail_tokens, args.seed, stats,
+                        excluded)
     if not items:
         raise UserError("no probe triples (every tail too long or without distractors)", path=args.kg)
     if heads is None:

@@ -130,3 +130,31 @@ def test_prepared_dataset_mentions_are_the_seen_heads(tiny_model, kg_triples, tm
     build_store(kg_triples[:5], other_kg, source="test", tally=Tally())
     assert cli_main(["probe", "--model", str(tiny_model), "--kg", str(other_kg), "--prepared", str(prepared)]) == 2
     assert "built with a different KG" in capsys.readouterr().err
+
+
+def test_cloze_seen_heads_count_only_training_rows_and_leave_cmrm_held_out_heads_out(kg_triples, tmp_path):
+    """A head linked only in held-out rows is not `seen`; a head CMRM held out is in neither group."""
+    from ckbert.cli import main as cli_main
+    from ckbert.data_prep.dataset import open_prepared
+    from ckbert.data_prep.kg_store import KGStore, heldout_entity
+    from ckbert.finetune.probe import seen_heads_from_prepared
+
+    (tmp_path / "kg.tsv").write_text("".join("\t".join(t) + "\n" for t in kg_triples), encoding="utf-8")
+    lines = ["医生/n  说/v  感冒/n  要/v  多/a  喝水/v  。/w"] * 11 + ["肺炎/n  是/v  常见/a  的/u  病/n  。/w"]
+    (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    prepared = tmp_path / "prepared"
+    assert cli_main(["prepare", "--corpus", str(tmp_path / "corpus.txt"), "--format", "pretagged", "--annotator",
+                     "pretagged", "--kg", str(tmp_path / "kg.tsv"), "--out", str(prepared), "--build-vocab",
+                     "--seq-len", "14", "--quiet"]) == 0
+    _, dataset, _, _ = open_prepared(prepared)
+    assert len(dataset) == 12  # one row per line: the last row is the only one naming 肺炎
+    store = KGStore.open(prepared / "kg")
+    cold, pneumonia = store.lookup("感冒"), store.lookup("肺炎")
+    assert cold is not None and pneumonia is not None
+    seen, excluded = seen_heads_from_prepared(store, prepared)
+    assert {cold, pneumonia} <= seen and not excluded  # every row counts when no split is given
+    seen, excluded = seen_heads_from_prepared(store, prepared, train_rows=11)
+    assert cold in seen and pneumonia not in seen
+    share = next(s for s in (0.1 * i for i in range(1, 10)) if heldout_entity("感冒", s))  # 感冒 held out by CMRM
+    seen, excluded = seen_heads_from_prepared(store, prepared, train_rows=11, heldout_share=share)
+    assert cold in excluded and cold not in seen
