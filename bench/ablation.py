@@ -85,7 +85,7 @@ REL_GROUPS = {**{k: v.format("mention+tail") for k, v in _REL.items()},
 
 # (key in a run's result, column title, higher is better); the differences table compares all but the last
 METRICS: list[tuple[str, str, bool]] = [
-    ("heldout_mlm", "held-out MLM loss, random-token masks", False),
+    ("heldout_mlm", "held-out MLM loss (test half), random-token masks", False),
     ("heldout_top1", "held-out top-1, random-token masks (%)", True),
     ("heldout_mlm_lmlm", "held-out MLM loss, LMLM masks", False),
     ("rel_held_out_hop_specific", "relation probe, held-out heads vs hop 2-3: acc@1 minus control (points)", True),
@@ -186,9 +186,12 @@ def heldout_scores(hf_dir: Path, s: Settings) -> dict[str, float]:
     from ckbert.finetune.checkpoint import load_model
     from ckbert.mlm_eval import evaluate_hf
 
-    r = evaluate_hf(load_model(AutoModelForMaskedLM, hf_dir), open_prepared(s.prepared), s.eval_rows)
+    model, prepared = load_model(AutoModelForMaskedLM, hf_dir), open_prepared(s.prepared)
+    r = evaluate_hf(model, prepared, s.eval_rows, split="test")  # reported: the test half of the held-out rows
+    v = evaluate_hf(model, prepared, s.eval_rows, split="validation")  # what runs evaluate themselves on
     return {"heldout_mlm": r["eval_rand_mlm"], "heldout_top1": 100 * r["eval_rand_top1"],
-            "heldout_unigram_mlm": r["eval_rand_unigram_mlm"], "heldout_mlm_lmlm": r["eval_mlm"]}
+            "heldout_unigram_mlm": r["eval_rand_unigram_mlm"], "heldout_mlm_lmlm": r["eval_mlm"],
+            "heldout_mlm_validation": v["eval_rand_mlm"]}
 
 
 def finetune_scores(hf_dir: Path, seed: int, s: Settings, run_dir: Path) -> dict[str, float]:

@@ -96,7 +96,7 @@ def test_ablation_smoke(bench_module, small_prepared, tmp_path):
     # from scratch, the reference arm is seed 0's initial weights: what arm a evaluated at its step 0
     metrics = [json.loads(x) for x in (out / "runs" / "a-seed0" / "metrics.jsonl").read_text().splitlines()]
     step0 = next(m for m in metrics if m["step"] == 0 and "eval_rand_mlm" in m)
-    assert step0["eval_rand_mlm"] == pytest.approx(trained["s"]["heldout_mlm"], abs=2e-3)
+    assert step0["eval_rand_mlm"] == pytest.approx(trained["s"]["heldout_mlm_validation"], abs=2e-3)
     md = (out / "results.md").read_text(encoding="utf-8")
     assert "(a) random-token MLM" in md and "(d) LMLM + CMRM" in md and "relation probe, held-out heads" in md
     assert is_png(out / "loss_curves.png") and is_png(out / "ablation_metrics.png")
