@@ -73,6 +73,12 @@ ARMS: dict[str, tuple[str, dict[str, Any] | None]] = {
                                                  "set": ["cmrm.temperature=0.05"]}),
     "d_unmasked": ("LMLM + CMRM, mentions never masked", {"strategy": "lmlm", "cmrm": True,
                                                          "set": ["cmrm.anchor=unmasked"]}),
+    # The control of a knowledge claim (issue 24): arm d on the same data with the graph's tails
+    # shuffled within each relation (`ckbert kg-shuffle`: same degrees and relations, wrong facts).
+    # Probed on the true graph's items, it must be at chance on true neighbours if the probe measures
+    # knowledge rather than what contrastive training on any graph of that shape teaches.
+    "d_shuffled": ("LMLM + CMRM on the shuffled graph (wrong facts)", {"strategy": "lmlm", "cmrm": True,
+                                                                       "graph": "shuffled"}),
 }
 # short name -> relation probe group (`relation_probe.report`); every arm is scored with the probe's
 # fixed protocol: "mention+tail" texts here, "tail" texts under the `_tailtext` names
@@ -85,7 +91,7 @@ REL_GROUPS = {**{k: v.format("mention+tail") for k, v in _REL.items()},
 
 # (key in a run's result, column title, higher is better); the differences table compares all but the last
 METRICS: list[tuple[str, str, bool]] = [
-    ("heldout_mlm", "held-out MLM loss (test half), random-token masks", False),
+    ("heldout_mlm", "held-out MLM loss (--split half), random-token masks", False),
     ("heldout_top1", "held-out top-1, random-token masks (%)", True),
     ("heldout_mlm_lmlm", "held-out MLM loss, LMLM masks", False),
     ("rel_held_out_hop_specific", "relation probe, held-out heads vs hop 2-3: acc@1 minus control (points)", True),
@@ -121,6 +127,9 @@ class Settings:
     probe_triples: int = 300  # cloze items per group (seen / held_out)
     rel_per_mention: int = 2  # relation probe: true neighbours per held-out mention
     finetune: int = 1  # 0 = skip NER and sentiment (a quick screen of CMRM variants)
+    # which half of the held-out rows and heads the probes and the held-out MLM are reported on:
+    # "validation" for screens and recipe choices, "test" once per recipe (ckbert.heldout.split_rows)
+    split: str = "test"
     threads: int = 1  # torch threads per process
     precision: str = "fp32"
     device: str = "auto"
@@ -132,7 +141,7 @@ class Settings:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-SMOKE = dict(init_from="", max_steps=2, minutes=5.0, eval_rows=16, ft_train=16, ft_eval=16, ft_epochs=1.0,
+SMOKE = dict(init_from="", max_steps=2, minutes=5.0, eval_rows=32, ft_train=16, ft_eval=16, ft_epochs=1.0,
              probe_triples=4, rel_per_mention=1)
 
 
@@ -151,12 +160,19 @@ def pretrain(arm: str, seed: int, s: Settings, run_dir: Path) -> dict[str, Any]:
                  f"train.precision={s.precision}", "train.eval_every=0", "train.save_every=0",
                  "train.keep_checkpoints=1", *spec.get("set", [])]
     overrides += [f"init_from={REPO / s.init_from}"] if s.init_from else ["init_from=null", f"model={s.model}"]
+    if spec.get("graph") == "shuffled":
+        overrides.append(f"data.prepared={shuffled_prepared(run_dir.parent.parent)}")
     cfg = load_pretrain_config(REPO / s.recipe, overrides)
     t0 = time.perf_counter()
     summary = run(cfg)
     seconds = time.perf_counter() - t0
     export_checkpoint(run_dir, run_dir / "hf", metrics={"ablation arm": ARMS[arm][0]})
     return {"pretrain_s": seconds, "steps": summary["step"]}
+
+
+def shuffled_prepared(out: Path) -> Path:
+    """OUT/prepared-shuffled: the wrong-facts copy of the prepared dataset (`main` builds it once)."""
+    return out / "prepared-shuffled"
 
 
 def initial_weights(seed: int, s: Settings, run_dir: Path) -> dict[str, Any]:
@@ -187,7 +203,7 @@ def heldout_scores(hf_dir: Path, s: Settings) -> dict[str, float]:
     from ckbert.mlm_eval import evaluate_hf
 
     model, prepared = load_model(AutoModelForMaskedLM, hf_dir), open_prepared(s.prepared)
-    r = evaluate_hf(model, prepared, s.eval_rows, split="test")  # reported: the test half of the held-out rows
+    r = evaluate_hf(model, prepared, s.eval_rows, split=s.split)  # reported: the test half, or validation in a screen
     v = evaluate_hf(model, prepared, s.eval_rows, split="validation")  # what runs evaluate themselves on
     return {"heldout_mlm": r["eval_rand_mlm"], "heldout_top1": 100 * r["eval_rand_top1"],
             "heldout_unigram_mlm": r["eval_rand_unigram_mlm"], "heldout_mlm_lmlm": r["eval_mlm"],
@@ -305,7 +321,7 @@ def build_probe_items(s: Settings, out: Path, seed: int = 0) -> dict[str, Any]:
     the corpus) and relation items on the held-out rows (heads split by `heldout_heads`)."""
     from ckbert.data_prep.dataset import open_prepared
     from ckbert.finetune import probe, relation_probe
-    from ckbert.heldout import heldout_start
+    from ckbert.heldout import heldout_start, split_rows
 
     _, dataset, kg, tok = open_prepared(s.prepared)
     seen, excluded = probe.seen_heads_from_prepared(kg, Path(s.prepared), heldout_start(len(dataset), s.eval_rows),
@@ -313,9 +329,9 @@ def build_probe_items(s: Settings, out: Path, seed: int = 0) -> dict[str, Any]:
     cloze_stats: dict[str, int] = {}
     cloze = probe.build_items(kg, tok, seen, 9, s.probe_triples, 8, seed, cloze_stats, excluded)
     rel_stats: dict[str, int] = {}
-    start = heldout_start(len(dataset), s.eval_rows)
-    rel = relation_probe.build_items(dataset, range(start, len(dataset)), kg, relation_probe.BUILD, s.heldout_heads,
-                                     4, s.rel_per_mention, seed, rel_stats, tokenizer=tok)
+    rel = relation_probe.build_items(dataset, split_rows(len(dataset), s.eval_rows, s.split), kg, relation_probe.BUILD,
+                                     s.heldout_heads, 4, s.rel_per_mention, seed, rel_stats, tokenizer=tok,
+                                     split=s.split)
     for name, items in (("cloze_items.json", cloze), ("relation_items.json", rel)):
         (out / name).write_text(json.dumps([asdict(i) for i in items], ensure_ascii=False), encoding="utf-8")
     return {"cloze": cloze_stats, "relation": rel_stats,
@@ -413,7 +429,14 @@ def main(argv: list[str] | None = None) -> int:
     record: dict[str, Any] = {"machine": machine(), "bench": "ablation", "settings": asdict(s),
                               "arms": {a: ARMS[a][0] for a in args.arms}, "seeds": args.seeds}
     t0 = time.perf_counter()
+    if s.split not in ("validation", "test"):
+        raise SystemExit(f"--split {s.split}: validation or test")
     record["probe_item_stats"] = build_probe_items(s, out)
+    if any(ARMS[a][1] and ARMS[a][1].get("graph") == "shuffled" for a in args.arms) \
+            and not (shuffled_prepared(out) / "manifest.json").is_file():
+        from ckbert.data_prep.kg_control import write_shuffled_prepared
+
+        record["shuffled_graph"] = write_shuffled_prepared(Path(s.prepared), shuffled_prepared(out), seed=0)
     # the starter arm (s) skips pretraining: its runs go last, so that the parallel jobs end together
     tasks = sorted([(arm, seed, asdict(s), str(out)) for seed in args.seeds for arm in args.arms],
                    key=lambda t: (t[0] == "s", args.seeds.index(t[1])))

@@ -139,9 +139,34 @@ def _link_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=link)
 
 
-def main(argv: list[str]) -> int:
+def write_shuffled_prepared(prepared: Path, out: Path, seed: int, overwrite: bool = False) -> dict:
+    """`out` = a copy of the prepared dataset `prepared` whose kg/ is `shuffle_tails` of its own,
+    written whole (a staging folder moved into place); -> the control's record, triples included."""
     from ckbert.data_prep.dataset import read_manifest
-    from ckbert.outputs import check_out_dir, output_dir
+    from ckbert.outputs import output_dir
+
+    manifest = read_manifest(prepared)
+    if not (prepared / "kg").is_dir():
+        raise UserError("no kg/ folder", path=prepared)
+    store = KGStore.open(prepared / "kg")
+    with output_dir(out, overwrite) as tmp:
+        for entry in sorted(prepared.iterdir()):
+            if entry.name in ("kg", "manifest.json"):
+                continue
+            if entry.is_dir():
+                _link_tree(entry, tmp / entry.name)
+            else:
+                shutil.copy2(entry, tmp / entry.name)
+        shuffled = shuffle_tails(store, tmp / "kg", seed)
+        manifest["kg"] = {**manifest["kg"], "fingerprint": shuffled.fingerprint, "control": shuffled.meta["control"]}
+        if "triples" in manifest["kg"]:
+            manifest["kg"]["triples"] = shuffled.num_triples
+        (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
+    return {"triples": shuffled.num_triples, "fingerprint": shuffled.fingerprint, **shuffled.meta["control"]}
+
+
+def main(argv: list[str]) -> int:
+    from ckbert.outputs import check_out_dir
 
     p = argparse.ArgumentParser(prog="ckbert kg-shuffle", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,23 +176,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = p.parse_args(argv)
     check_out_dir(args.out, args.overwrite)
-    manifest = read_manifest(args.prepared)
-    if not (args.prepared / "kg").is_dir():
-        raise UserError("no kg/ folder", path=args.prepared)
-    store = KGStore.open(args.prepared / "kg")
-    with output_dir(args.out, args.overwrite) as tmp:
-        for entry in sorted(args.prepared.iterdir()):
-            if entry.name in ("kg", "manifest.json"):
-                continue
-            if entry.is_dir():
-                _link_tree(entry, tmp / entry.name)
-            else:
-                shutil.copy2(entry, tmp / entry.name)
-        shuffled = shuffle_tails(store, tmp / "kg", args.seed)
-        manifest["kg"] = {**manifest["kg"], "fingerprint": shuffled.fingerprint, "control": shuffled.meta["control"]}
-        if "triples" in manifest["kg"]:
-            manifest["kg"]["triples"] = shuffled.num_triples
-        (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
-        summary = shuffled.meta["control"]
-    print(json.dumps({"out": str(args.out), "triples": shuffled.num_triples, **summary}, ensure_ascii=False))
+    summary = write_shuffled_prepared(args.prepared, args.out, args.seed, args.overwrite)
+    print(json.dumps({"out": str(args.out), **summary}, ensure_ascii=False))
     return 0

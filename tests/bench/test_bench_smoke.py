@@ -76,10 +76,16 @@ def test_ablation_smoke(bench_module, small_prepared, tmp_path):
     out = tmp_path / "ablation"
     threads = torch.get_num_threads()
     assert bench.main(["--prepared", str(small_prepared), "--out", str(out), "--smoke", "--jobs", "1",
-                       "--arms", "a", "d", "s", "--seeds", "0"]) == 0
+                       "--arms", "a", "d", "d_shuffled", "s", "--seeds", "0"]) == 0
     assert torch.get_num_threads() == threads  # in-process runs leave the caller's thread setting alone
     rec = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    assert [(r["arm"], r["seed"]) for r in rec["runs"]] == [("a", 0), ("d", 0), ("s", 0)]
+    assert [(r["arm"], r["seed"]) for r in rec["runs"]] == [("a", 0), ("d", 0), ("d_shuffled", 0), ("s", 0)]
+    # the control arm trained on the shuffled copy of the graph (the same rows, other facts)
+    assert rec["shuffled_graph"]["dropped_edges"] == 0 and rec["settings"]["split"] == "test"
+    state = json.loads(next((out / "runs" / "d_shuffled-seed0").glob("checkpoints/step-*/trainer_state.json"))
+                       .read_text(encoding="utf-8"))
+    assert state["kg_fingerprint"] == rec["shuffled_graph"]["fingerprint"] != \
+        json.loads((small_prepared / "manifest.json").read_text(encoding="utf-8"))["kg"]["fingerprint"]
     assert rec["probe_item_stats"]["relation_items"]["seen"] > 0
     for r in rec["runs"]:
         assert 0 < r["heldout_mlm"] < 2 * math.log(8000) and 0 < r["heldout_mlm_lmlm"] < 2 * math.log(8000)
