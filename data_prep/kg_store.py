@@ -418,23 +418,23 @@ class KGStore:
         return sum(os.path.getsize(self.path / f"{n}.npy") for n in _ARRAYS)
 
 
+def _heldout_fraction(name: str) -> float:
+    """BLAKE2b of the name's UTF-8 bytes read as a fraction of 2**64: where the name falls in [0, 1)."""
+    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8, person=b"ckbert-heldout").digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
 def heldout_entity(name: str, share: float) -> bool:
     """Whether entity `name` is in the held-out share of heads (issue 12): a fixed function of the
-    name alone (BLAKE2b of its UTF-8 bytes read as a fraction of 2**64 < `share`), so CMRM's sampler,
-    the relation probe and any rebuild of the store agree without storing a list."""
-    if share <= 0:
-        return False
-    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8, person=b"ckbert-heldout").digest()
-    return int.from_bytes(digest, "big") / 2.0**64 < share
+    name alone (its `_heldout_fraction` < `share`), so CMRM's sampler, the relation probe and any
+    rebuild of the store agree without storing a list."""
+    return share > 0 and _heldout_fraction(name) < share
 
 
 def heldout_part(name: str, share: float) -> str | None:
-    """Which half of the held-out heads `name` is in: "validation" (hash fraction below share / 2),
-    "test" (the rest of the share) or None (not held out): the same hash as `heldout_entity`."""
-    if share <= 0:
-        return None
-    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8, person=b"ckbert-heldout").digest()
-    x = int.from_bytes(digest, "big") / 2.0**64
+    """Which half of the held-out heads `name` is in: "validation" (fraction below share / 2),
+    "test" (the rest of the share) or None (not held out): the same fraction as `heldout_entity`."""
+    x = _heldout_fraction(name) if share > 0 else 1.0
     return None if x >= share else ("validation" if x < share / 2 else "test")
 
 
