@@ -49,31 +49,9 @@ if [ "$DEPS" = lock ]; then
   reqs=$(mktemp)
   trap 'rm -f "$reqs"' EXIT
   # A torch that was there before keeps its own requirements (e.g. a CUDA build's triton pin).
-  "$VPY" - "$LOCK" "$own_torch" > "$reqs" <<'PY'
-import importlib.metadata as md
-import re
-import sys
-
-lock, own_torch = sys.argv[1], sys.argv[2] == "1"
-keep_installed = set()
-if own_torch:
-    for req in md.requires("torch") or []:
-        name = re.split(r"[\s;<>=!~\[(]", req, maxsplit=1)[0].lower().replace("_", "-")
-        try:
-            md.distribution(name)
-        except md.PackageNotFoundError:
-            continue
-        keep_installed.add(name)
-skip = False
-for line in open(lock, encoding="utf-8"):
-    if line[:1].isalnum():  # "name==version \" starts an entry; its hash lines follow, indented
-        name = line.split("==", 1)[0].strip().lower().replace("_", "-")
-        skip = name in keep_installed
-        if skip:
-            print(f"[setup] keeping the installed {name} (required by torch)", file=sys.stderr)
-    if not skip:
-        sys.stdout.write(line)
-PY
+  keep=()
+  [ "$own_torch" = 1 ] && keep=(--keep-torch-deps)
+  "$VPY" scripts/lock_filter.py "$LOCK" "${keep[@]}" > "$reqs"
   echo "[setup] installing $LOCK (hashes checked) and ckbert (editable), torch $torch_version"
   "${pip[@]}" --no-deps --require-hashes -r "$reqs"
   "${pip[@]}" --no-deps -e .
