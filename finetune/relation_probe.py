@@ -24,8 +24,9 @@ model trained with the same CMRM on the shuffled graph (`ckbert kg-shuffle`).
 
 Items are grouped `seen` / `held_out` by the head entity: `held_out` heads are the share of KG
 entities that CMRM never used (`cmrm.heldout_heads`, a fixed function of the name,
-`ckbert.data_prep.kg_store.heldout_entity`; read from the model's config.json key `ckbert_cmrm`
-when it has one, else `--heldout-share`). Accuracy@1 and MRR are reported beside the exact chance
+`ckbert.data_prep.kg_store.heldout_entity`; read from the model's config.json `ckbert_split` or
+`ckbert_cmrm` when it has one, else `--heldout-share`), and both the held-out rows and heads are
+halved into validation and test (`--split`). Accuracy@1 and MRR are reported beside the exact chance
 level of the same candidate sets, with 95% bootstrap intervals over head entities (`probe.summarise`),
 the number of distinct heads, and the accuracy split by whether the tail's tokens occur in the row.
 """
