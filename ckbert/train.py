@@ -425,8 +425,8 @@ class PretrainRun:
         rand = PretrainCollator(self.tokenizer, self.manifest, None, heldout.RANDOM_TOKEN_EVAL,
                                 dataclasses.replace(cfg.cmrm, enabled=False), max_length, cfg.seed,
                                 cfg.data.pad_to_multiple_of)
-        rows = heldout.split_rows(len(self.dataset), cfg.data.eval_rows, "validation")
-        self.eval_keys = keys = [(0, r) for r in rows]
+        validation = heldout.split_rows(len(self.dataset), cfg.data.eval_rows, "validation")
+        self.eval_keys = keys = [(0, r) for r in validation]
         rows = KeyedRows(self.dataset)
         bs = cfg.train.batch_size
         sets = {name: [to_device(col(rows.__getitems__(keys[i : i + bs])), self.device)

