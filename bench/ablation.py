@@ -4,31 +4,39 @@
     python bench/ablation.py --prepared DIR --out DIR --smoke      # CI: from scratch, a few steps, tiny caps
 
 Every arm continues `--init-from` (default models/starter, the checkpoint the demo continues) with
-the demo's recipe (`--recipe`, configs/pretrain/demo.yaml) for the same wall time, on a budget-aware
-schedule (so what CMRM costs per step is charged to it), one torch thread per run:
+the demo's recipe (`--recipe`, configs/pretrain/demo.yaml: random-token masks at 30%, multi-hop CMRM)
+for the same wall time, on a budget-aware schedule (so what CMRM costs per step is charged to it),
+one torch thread per run; an arm changes the masking strategy (same budget) or CMRM:
 
-    a  random-token MLM     masking.strategy=random_token, CMRM off
-    b  whole-word MLM       masking.strategy=whole_word,   CMRM off
-    c  LMLM                 masking.strategy=lmlm,         CMRM off
-    d  LMLM + CMRM          masking.strategy=lmlm,         CMRM on (cmrm.heldout_heads of the heads held out)
-    s  the starter itself   no continued pretraining (from scratch: the initial weights of seed s)
+    a  random-token MLM            masking.strategy=random_token, CMRM off
+    b  whole-word MLM              masking.strategy=whole_word,   CMRM off
+    c  LMLM                        masking.strategy=lmlm,         CMRM off
+    d  LMLM + CMRM                 masking.strategy=lmlm,         CMRM on
+    k  random-token MLM + CMRM     the demo recipe as it is
+    k_shuffled                     k on the graph with tails shuffled within each relation (the control)
+    s  the starter itself          no continued pretraining (from scratch: the initial weights of seed s)
 
-and variants of d with one CMRM setting changed (the recipe's CMRM: in-batch negatives only, K = 0,
-sample texts of the tail alone): d_ref (the reference's CMRM: K = 4 hop-2..3 negatives, texts
-"mention + tail", no in-batch negatives), d_k4 (in-batch and K = 4 hop-2..3 negatives), d_t0.5 /
-d_t0.05 (temperature; the recipe's is 0.1), d_unmasked (mentions never MLM targets, so the anchor
-sees them). (`cmrm.pool: tail` has no arm: with texts of the tail alone it pools what "text"
-pools.) `--finetune 0` skips fine-tuning (a quick screen).
+CMRM holds out `--heldout-heads` of the KG's heads (never trained on: the probes' held-out heads).
+Variants of d with one CMRM setting changed: d_ref (the reference's CMRM: K = 4 hop-2..3 negatives,
+texts "mention + tail", no in-batch negatives), d_inbatch (in-batch negatives only, K = 0),
+d_t0.5 / d_t0.05 (temperature; the recipe's is 0.1), d_unmasked (mentions never MLM targets, so
+the anchor sees them), d_shuffled (d on the shuffled graph). `--finetune 0` skips fine-tuning (a
+quick screen).
 
 Seed s gives every arm the same batch order and masks draw. Each (arm, seed) is exported with
 `ckbert export`'s function and measured through plain transformers on rows no run trained on:
 - held-out MLM loss and top-1 on random-token masks (the same masks for every arm), and on LMLM
   masks (`ckbert.mlm_eval.evaluate_hf`, i.e. `ckbert eval`);
 - the relation probe (`ckbert probe --kind relation`): held-out and seen heads, the true
-  neighbour against hop-2..3 and against random entities, acc@1 and MRR beside chance;
-- the cloze probe (`ckbert probe --kind cloze`, frequency-matched distractors): seen / held-out;
-- People's Daily NER F1 and review sentiment accuracy (test) after fine-tuning with the task
-  recipes of configs/finetune (fine-tuning seed = the pretraining seed).
+  neighbour against hop-2..3 and against random entities, acc@1 beside chance, overall and per
+  graph of a merged store;
+- the cloze probe (`ckbert probe --kind cloze`, frequency-matched distractors): seen / held-out,
+  per graph;
+- People's Daily NER F1 (overall and per entity type) and review sentiment accuracy (test) after
+  fine-tuning with the task recipes of configs/finetune (fine-tuning seed = the pretraining seed).
+Probe numbers carry 95% intervals: every arm and seed answers the same items, so the per-item
+accuracy is averaged over seeds and resampled by head entity (`probe.bootstrap_ci`); differences
+between arms are paired the same way. The other numbers get mean, sample std and range over seeds.
 The probe item sets are built once for all arms. Writes OUT/runs/<arm>-seed<s>/ (training run, hf/,
 result.json, log.txt), OUT/results.json, OUT/results.md, OUT/loss_curves.png and
 OUT/ablation_metrics.png. A finished (arm, seed) is reused when OUT is run again with the same
@@ -51,6 +59,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import REPO, finish, machine  # noqa: E402
 
@@ -59,56 +69,69 @@ ARMS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "b": ("whole-word MLM", {"strategy": "whole_word", "cmrm": False}),
     "c": ("LMLM", {"strategy": "lmlm", "cmrm": False}),
     "d": ("LMLM + CMRM", {"strategy": "lmlm", "cmrm": True}),
+    "k": ("random-token MLM + CMRM (the demo recipe)", {"strategy": "random_token", "cmrm": True}),
+    # The control of a knowledge claim (issue 24): the recipe on the same data with the graph's tails
+    # shuffled within each relation (`ckbert kg-shuffle`: same degrees and relations, wrong facts).
+    # Probed on the true graph's items, it must be at chance on true neighbours if the probe measures
+    # knowledge rather than what contrastive training on any graph of that shape teaches.
+    "k_shuffled": ("the recipe on the shuffled graph (wrong facts)", {"strategy": "random_token", "cmrm": True,
+                                                                     "graph": "shuffled"}),
     "s": ("starter (no continued pretraining)", None),
-    # CMRM variants (issue 12: make its signal learnable), each arm d with one change. The recipe's
-    # CMRM (demo.yaml) scores a mention's positive against the other mentions' positives of the batch
-    # (in-batch negatives, K = 0) with texts of the tail alone; d_ref is the reference's instead.
+    # CMRM variants, each arm d with one change (the recipe's CMRM: in-batch and K = 4 hop-2..3
+    # negatives, texts of the tail alone, temperature 0.1)
     "d_ref": ("LMLM + CMRM as the reference: K = 4 hop-2..3 negatives, texts 'mention + tail'",
               {"strategy": "lmlm", "cmrm": True, "set": ["cmrm.in_batch_negatives=false", "cmrm.negatives=4",
                                                          "cmrm.render=mention_tail"]}),
-    "d_k4": ("LMLM + CMRM, in-batch and K = 4 hop-2..3 negatives", {"strategy": "lmlm", "cmrm": True,
-                                                                     "set": ["cmrm.negatives=4"]}),
+    "d_inbatch": ("LMLM + CMRM, in-batch negatives only (K = 0)", {"strategy": "lmlm", "cmrm": True,
+                                                                   "set": ["cmrm.negatives=0"]}),
     "d_t0.5": ("LMLM + CMRM, temperature 0.5", {"strategy": "lmlm", "cmrm": True, "set": ["cmrm.temperature=0.5"]}),
     "d_t0.05": ("LMLM + CMRM, temperature 0.05", {"strategy": "lmlm", "cmrm": True,
                                                  "set": ["cmrm.temperature=0.05"]}),
     "d_unmasked": ("LMLM + CMRM, mentions never masked", {"strategy": "lmlm", "cmrm": True,
                                                          "set": ["cmrm.anchor=unmasked"]}),
-    # The control of a knowledge claim (issue 24): arm d on the same data with the graph's tails
-    # shuffled within each relation (`ckbert kg-shuffle`: same degrees and relations, wrong facts).
-    # Probed on the true graph's items, it must be at chance on true neighbours if the probe measures
-    # knowledge rather than what contrastive training on any graph of that shape teaches.
     "d_shuffled": ("LMLM + CMRM on the shuffled graph (wrong facts)", {"strategy": "lmlm", "cmrm": True,
                                                                        "graph": "shuffled"}),
 }
-# short name -> relation probe group (`relation_probe.report`); every arm is scored with the probe's
-# fixed protocol: "mention+tail" texts here, "tail" texts under the `_tailtext` names
-_REL = {"held_out_hop": "held_out, {} texts, vs hop 2-3", "held_out_random": "held_out, {} texts, vs random",
-        "seen_hop": "seen, {} texts, vs hop 2-3", "seen_random": "seen, {} texts, vs random",
-        "held_out_hop_control": "held_out, {} texts, vs hop 2-3, control: another mention's anchor",
-        "seen_hop_control": "seen, {} texts, vs hop 2-3, control: another mention's anchor"}
-REL_GROUPS = {**{k: v.format("mention+tail") for k, v in _REL.items()},
-              **{f"{k}_tailtext": v.format("tail") for k, v in _REL.items()}}
+MAIN_ARMS = ["a", "b", "c", "d", "k", "k_shuffled", "s"]
+# pairs of the differences table (second minus first), where both arms ran
+PAIRS = [("a", "b"), ("a", "c"), ("c", "d"), ("a", "k"), ("d", "k"), ("k_shuffled", "k"), ("d_shuffled", "d"),
+         ("s", "a"), ("s", "k"), ("s", "d")]
+# relation probe groups reported (`relation_probe.report`; every arm is scored with the probe's fixed
+# protocol, both renderings), overall and, in a store merged from several graphs, per graph
+REL_GROUPS = {"seen_hop_mt": "seen, mention+tail texts, vs hop 2-3", "seen_hop_tail": "seen, tail texts, vs hop 2-3",
+              "held_out_hop_mt": "held_out, mention+tail texts, vs hop 2-3",
+              "held_out_hop_tail": "held_out, tail texts, vs hop 2-3"}
+REL_OVERALL_ONLY = {"seen_random_tail": "seen, tail texts, vs random",
+                    "held_out_random_tail": "held_out, tail texts, vs random"}
+NER_TYPES = ("LOC", "PER", "ORG")
 
-# (key in a run's result, column title, higher is better); the differences table compares all but the last
-METRICS: list[tuple[str, str, bool]] = [
-    ("heldout_mlm", "held-out MLM loss (--split half), random-token masks", False),
-    ("heldout_top1", "held-out top-1, random-token masks (%)", True),
-    ("heldout_mlm_lmlm", "held-out MLM loss, LMLM masks", False),
-    ("rel_held_out_hop_specific", "relation probe, held-out heads vs hop 2-3: acc@1 minus control (points)", True),
-    ("rel_seen_hop_specific", "relation probe, seen heads vs hop 2-3: acc@1 minus control (points)", True),
-    ("rel_held_out_hop_acc", "relation probe, held-out heads vs hop 2-3: acc@1 (%)", True),
-    ("rel_held_out_hop_mrr", "relation probe, held-out heads vs hop 2-3: MRR", True),
-    ("rel_held_out_random_acc", "relation probe, held-out heads vs random: acc@1 (%)", True),
-    ("rel_seen_hop_acc", "relation probe, seen heads vs hop 2-3: acc@1 (%)", True),
-    ("rel_seen_random_acc", "relation probe, seen heads vs random: acc@1 (%)", True),
-    ("rel_held_out_hop_control_acc", "relation probe control (another mention's anchor), held-out: acc@1 (%)", False),
-    ("cloze_seen_acc", "cloze probe, seen heads: acc@1 (%)", True),
-    ("cloze_held_out_acc", "cloze probe, held-out heads: acc@1 (%)", True),
-    ("ner_f1", "PD NER test F1 (%)", True),
-    ("sentiment_acc", "sentiment test acc (%)", True),
-    ("pretrain_s", "pretrain wall s", False),
-]
-COMPARED = METRICS[:-1]
+
+def metrics(graphs: list[str]) -> list[tuple[str, str, bool]]:
+    """(key in a run's result, row title, higher is better) for a prepared KG of these graphs (none:
+    one file); probe keys ("rel_*", "cloze_*") also have per-item accuracies in the result."""
+    out = [("heldout_mlm", "held-out MLM loss, random-token masks", False),
+           ("heldout_top1", "held-out top-1, random-token masks (%)", True),
+           ("heldout_mlm_lmlm", "held-out MLM loss, LMLM masks", False)]
+    for g in [None, *graphs]:
+        where = f" [{g}]" if g else ""
+        groups = {**REL_GROUPS, **({} if g else REL_OVERALL_ONLY)}
+        out += [(rel_key(g, short), f"relation probe{where}, {group}: acc@1 (%)", True)
+                for short, group in groups.items()]
+    for g in graphs or [None]:
+        where = f" [{g}]" if g else ""
+        out += [(cloze_key(g, grp), f"cloze probe{where}, {grp} heads: acc@1 (%)", True) for grp in ("seen", "held_out")]
+    out += [("ner_f1", "PD NER test F1 (%)", True), *((f"ner_f1_{t}", f"PD NER test F1, {t} (%)", True)
+                                                     for t in NER_TYPES),
+            ("sentiment_acc", "sentiment test acc (%)", True), ("pretrain_s", "pretrain wall s", False)]
+    return out
+
+
+def rel_key(graph: str | None, short: str) -> str:
+    return f"rel_{graph}_{short}_acc" if graph else f"rel_{short}_acc"
+
+
+def cloze_key(graph: str | None, group: str) -> str:
+    return f"cloze_{graph}_{group}_acc" if graph else f"cloze_{group}_acc"
 
 
 @dataclass
@@ -120,7 +143,7 @@ class Settings:
     minutes: float = 5.0  # wall time of continued pretraining per arm (the budget of its lr schedule)
     max_steps: int = 0  # 0 = the time box alone; > 0 also caps steps (smoke)
     eval_rows: int = 1024  # the held-out rows: at most the starter's data.eval_rows, so that neither saw them
-    heldout_heads: float = 0.2  # arm d: share of KG heads CMRM never trains on
+    heldout_heads: float = 0.3  # CMRM arms: share of KG heads CMRM never trains on (the demo recipe's)
     ft_train: int = 0  # fine-tuning caps; 0 = the task recipe's (configs/finetune)
     ft_eval: int = 0
     ft_epochs: float = 0.0
@@ -226,42 +249,62 @@ def finetune_scores(hf_dir: Path, seed: int, s: Settings, run_dir: Path) -> dict
         value = float(res[split][res["metric"]])
         out[key] = value * 100.0 if value <= 1.0 else value  # percent, whatever scale the task reports
         out[f"{key}_split"] = split
+        if task == "pd_ner":  # per entity type (already in percent, like the task's F1)
+            out.update({f"ner_f1_{t}": float(res[split][f"f1_{t}"]) for t in NER_TYPES if f"f1_{t}" in res[split]})
     return out
 
 
-def probe_scores(hf_dir: Path, out: Path, s: Settings) -> dict[str, float]:
-    """Both probes on the item sets built once by `build_probe_items`."""
+def probe_scores(hf_dir: Path, out: Path, s: Settings) -> dict[str, Any]:
+    """Both probes on the item sets built once by `build_probe_items`: per reported group its
+    acc@1 and chance, and under "items" the per-item accuracies (%) that the intervals resample."""
     from transformers import AutoModelForMaskedLM
 
     from ckbert.data_prep.dataset import open_prepared
     from ckbert.finetune import relation_probe as rp
     from ckbert.finetune.checkpoint import load_model, load_tokenizer
-    from ckbert.finetune.probe import DEFAULT_TEMPLATE, ProbeItem, score_candidates, summarise
+    from ckbert.finetune.probe import DEFAULT_TEMPLATE, ProbeItem, graph_group, item_rank, score_candidates, summarise
 
     model = load_model(AutoModelForMaskedLM, hf_dir)
-    res: dict[str, float] = {}
+    res: dict[str, Any] = {"items": {}}
     cloze = [ProbeItem(**d) for d in json.loads((out / "cloze_items.json").read_text(encoding="utf-8"))]
-    report = summarise([it.group for it in cloze],
-                       score_candidates(model, load_tokenizer(hf_dir), cloze, DEFAULT_TEMPLATE, "mean", 64))
-    for group, r in report.items():
-        res[f"cloze_{group}_acc"] = r["accuracy@1"]
-        res[f"cloze_{group}_chance_acc"] = r["chance_accuracy@1"]
+    scores = score_candidates(model, load_tokenizer(hf_dir), cloze, DEFAULT_TEMPLATE, "mean", 64)
+    for group, r in summarise([it.group for it in cloze], scores).items():
+        graph, _, kind = group.rpartition(": ")
+        key = cloze_key(graph or None, kind)
+        res[key], res[key.replace("_acc", "_chance_acc")] = r["accuracy@1"], r["chance_accuracy@1"]
+        res["items"][key] = [100.0 * item_rank(row)[0] for it, row in zip(cloze, scores, strict=True)
+                             if it.group == group]
     _, dataset, kg, tok = open_prepared(s.prepared)
     rel = [rp.RelationItem(**d) for d in json.loads((out / "relation_items.json").read_text(encoding="utf-8"))]
-    report = rp.report(rel, rp.score_protocols(model, tok, dataset, kg, rel))
-    for short, group in REL_GROUPS.items():
-        r = report.get(group)
-        if r is None:  # no item of that group (tiny smoke data)
-            continue
-        res.update({f"rel_{short}_acc": r["accuracy@1"], f"rel_{short}_mrr": r["mrr"],
-                    f"rel_{short}_chance_acc": r["chance_accuracy@1"], f"rel_{short}_chance_mrr": r["chance_mrr"],
-                    f"rel_{short}_items": r["triples"]})
-    for group in ("held_out", "seen"):  # what the mention adds: the ranking minus the diagnostic's
-        for text in ("", "_tailtext"):
-            acc, control = f"rel_{group}_hop{text}_acc", f"rel_{group}_hop_control{text}_acc"
-            if acc in res and control in res:
-                res[f"rel_{group}_hop{text}_specific"] = res[acc] - res[control]
+    by_protocol = rp.score_protocols(model, tok, dataset, kg, rel)
+    report = rp.report(rel, by_protocol)
+    for graph in [None, *sorted({it.graph for it in rel if it.graph})]:
+        for short, group in {**REL_GROUPS, **({} if graph else REL_OVERALL_ONLY)}.items():
+            r = report.get(graph_group(graph, group))
+            if r is None:  # no item of that group (tiny smoke data)
+                continue
+            key = rel_key(graph, short)
+            res[key], res[key.replace("_acc", "_chance_acc")] = r["accuracy@1"], r["chance_accuracy@1"]
+            kind, protocol, negatives = (x.strip() for x in group.split(","))
+            rows = by_protocol[protocol.removesuffix(" texts")][negatives.removeprefix("vs ")]
+            res["items"][key] = [100.0 * item_rank(row)[0] for it, row in zip(rel, rows, strict=True)
+                                 if it.group == kind and graph in (None, it.graph)]
     return res
+
+
+def item_heads(out: Path) -> dict[str, list]:
+    """Per probe key, the head of each item in the order of a run's "items" (the clusters of the intervals)."""
+    heads: dict[str, list] = {}
+    for d in json.loads((out / "cloze_items.json").read_text(encoding="utf-8")):
+        graph, _, kind = d["group"].rpartition(": ")
+        heads.setdefault(cloze_key(graph or None, kind), []).append(d["head"])
+    rel = json.loads((out / "relation_items.json").read_text(encoding="utf-8"))
+    for graph in [None, *sorted({d["graph"] for d in rel if d["graph"]})]:
+        for short, group in {**REL_GROUPS, **({} if graph else REL_OVERALL_ONLY)}.items():
+            kind = group.split(",")[0]
+            heads[rel_key(graph, short)] = [d["head"] for d in rel if d["group"] == kind
+                                            and graph in (None, d["graph"])]
+    return heads
 
 
 def run_one(task: tuple[str, int, dict[str, Any], str]) -> dict[str, Any]:
@@ -344,15 +387,33 @@ def spread(values: list[float]) -> dict[str, float]:
             "min": min(values), "max": max(values)}
 
 
-def aggregate(results: list[dict[str, Any]], arms: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+def seed_mean_items(results: list[dict[str, Any]], arm: str, key: str) -> np.ndarray | None:
+    """The per-item accuracy of `key` averaged over the arm's seeds (None unless every seed has it)."""
+    per_seed = [r.get("items", {}).get(key) for r in results if r["arm"] == arm]
+    if not per_seed or any(x is None for x in per_seed) or len({len(x) for x in per_seed}) != 1 or not per_seed[0]:
+        return None
+    return np.mean(np.array(per_seed, dtype=np.float64), axis=0)
+
+
+def aggregate(results: list[dict[str, Any]], arms: list[str], metric_list: list[tuple[str, str, bool]] | None = None,
+              heads: dict[str, list] | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """Per arm and metric: spread over seeds, and for a probe metric with `heads` the 95% interval of
+    the seed-averaged per-item accuracy, resampled by head (`ci95`)."""
+    from ckbert.finetune.probe import bootstrap_ci
+
     agg: dict[str, dict[str, dict[str, float]]] = {}
     for arm in arms:
         runs = [r for r in results if r["arm"] == arm]
         agg[arm] = {}
-        for key, _, _ in METRICS:
+        for key, _, _ in metric_list or metrics([]):
             vals = [float(r[key]) for r in runs if r.get(key) is not None]
-            if vals:
-                agg[arm][key] = spread(vals)
+            if not vals:
+                continue
+            agg[arm][key] = spread(vals)
+            items = seed_mean_items(results, arm, key)
+            if heads and key in heads and items is not None and len(items) == len(heads[key]):
+                (lo, hi), = bootstrap_ci(items[:, None], heads[key])
+                agg[arm][key].update({"ci95": [lo, hi], "items": len(items), "heads": len(set(heads[key]))})
     return agg
 
 
@@ -366,29 +427,54 @@ def compare(agg: dict, a: str, b: str, key: str) -> tuple[float, float] | None:
     return y["mean"] - x["mean"], 2.0 * math.sqrt(x["std"] ** 2 / x["n"] + y["std"] ** 2 / y["n"])
 
 
-def markdown(agg: dict, arms: list[str], seeds: list[int]) -> str:
+def paired(results: list[dict[str, Any]], a: str, b: str, key: str, heads: list) -> tuple[float, float, float] | None:
+    """(b - a, 95% interval) of a probe metric: per item, the seed-averaged accuracy of b minus a's
+    (the same items for every arm), resampled by head."""
+    from ckbert.finetune.probe import bootstrap_ci
+
+    x, y = seed_mean_items(results, a, key), seed_mean_items(results, b, key)
+    if x is None or y is None or len(x) != len(y) or len(x) != len(heads):
+        return None
+    (lo, hi), = bootstrap_ci((y - x)[:, None], heads)
+    return float((y - x).mean()), lo, hi
+
+
+def markdown(agg: dict, arms: list[str], seeds: list[int], metric_list: list[tuple[str, str, bool]] | None = None,
+             results: list[dict[str, Any]] | None = None, heads: dict[str, list] | None = None) -> str:
+    metric_list = metric_list or metrics([])
+
     def fmt(st: dict[str, float]) -> str:
         digits = 3 if abs(st["mean"]) < 10 else 1
         sd = "n/a" if math.isnan(st["std"]) else f"{st['std']:.{digits}f}"
+        if "ci95" in st:
+            return f"{st['mean']:.1f} [{st['ci95'][0]:.1f}, {st['ci95'][1]:.1f}] (sd {sd})"
         return f"{st['mean']:.{digits}f} ± {sd} [{st['min']:.{digits}f}, {st['max']:.{digits}f}]"
 
-    lines = [f"Mean ± sample std [min, max] over seeds {seeds}.", "",
+    lines = [f"Seeds {seeds}. Probe rows: mean acc@1 [95% interval: per-item accuracy averaged over seeds, "
+             "resampled by head entity] (sample std of the seeds' means); other rows: mean ± sample std "
+             "[min, max] over seeds.", "",
              "| metric | " + " | ".join(f"({a}) {ARMS[a][0]}" for a in arms) + " |",
              "| --- | " + " | ".join("---" for _ in arms) + " |"]
-    for key, title, _ in METRICS:
+    for key, title, _ in metric_list:
         cells = [fmt(agg[a][key]) if key in agg[a] else "—" for a in arms]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
-    pairs = [(x, y) for x, y in (("a", "b"), ("b", "c"), ("a", "c"), ("c", "d"), ("s", "c"), ("s", "d"))
-             if x in arms and y in arms]
-    pairs += [("d", v) for v in arms if v.startswith("d_") and "d" in arms]
+    pairs = [(x, y) for x, y in PAIRS if x in arms and y in arms]
     if pairs and len(seeds) > 1:
-        lines += ["", "Differences of means (second minus first) against 2 standard errors from the seed "
-                      "spread; `noise` = |difference| < 2 SE (a rough screen, not a significance test).", "",
+        lines += ["", "Differences (second minus first). Probe rows: the paired difference of per-item "
+                      "accuracy (seed-averaged) with its 95% interval resampled by head; `no effect` = the "
+                      "interval holds 0. Other rows: difference of seed means against 2 standard errors of "
+                      "the seed spread; `noise` = |difference| < 2 SE (a rough screen).", "",
                   "| metric | " + " | ".join(f"{y} − {x}" for x, y in pairs) + " |",
                   "| --- | " + " | ".join("---" for _ in pairs) + " |"]
-        for key, title, higher in COMPARED:
+        for key, title, higher in metric_list[:-1]:
             cells = []
             for x, y in pairs:
+                d = paired(results, x, y, key, heads[key]) if results and heads and key in heads else None
+                if d is not None:
+                    diff, lo, hi = d
+                    verdict = "no effect" if lo <= 0 <= hi else ("better" if (diff > 0) == higher else "worse")
+                    cells.append(f"{diff:+.1f} [{lo:+.1f}, {hi:+.1f}] {verdict}")
+                    continue
                 c = compare(agg, x, y, key)
                 if c is None:
                     cells.append("—")
@@ -407,8 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prepared", type=Path, required=True, help="prepared dataset (ckbert prepare --out)")
     p.add_argument("--out", type=Path, required=True, help="output folder (runs, results.json/.md, loss_curves.png)")
-    p.add_argument("--arms", nargs="+", default=["a", "b", "c", "d", "s"], choices=list(ARMS),
-                   help="default: the five main arms; the d_* variants on request")
+    p.add_argument("--arms", nargs="+", default=MAIN_ARMS, choices=list(ARMS),
+                   help="default: the main arms " + " ".join(MAIN_ARMS) + "; the d_* variants on request")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=2, help="parallel processes (one (arm, seed) each)")
     p.add_argument("--smoke", action="store_true", help="CI size: from scratch, 2 steps, tiny fine-tuning and "
@@ -454,15 +540,19 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(r)
                 print(f"  done {r['arm']}-seed{r['seed']} ({r['total_s']:.0f} s)", flush=True)
     results.sort(key=lambda r: (r["arm"], r["seed"]))
-    agg = aggregate(results, args.arms)
+    from ckbert.data_prep.dataset import open_prepared
+
+    metric_list = metrics(sorted(open_prepared(s.prepared)[2].meta.get("graphs") or []))
+    heads = item_heads(out)
+    agg = aggregate(results, args.arms, metric_list, heads)
     record.update({"runs": results, "summary": agg, "wall_s": time.perf_counter() - t0})
-    md = markdown(agg, args.arms, args.seeds)
+    md = markdown(agg, args.arms, args.seeds, metric_list, results, heads)
     (out / "results.md").write_text(md, encoding="utf-8")
     from plots import plot_ablation_metrics, plot_loss_curves
 
     plot_loss_curves({a: [out / "runs" / f"{a}-seed{sd}" / "metrics.jsonl" for sd in args.seeds]
                       for a in args.arms if a != "s"}, {a: ARMS[a][0] for a in args.arms}, out / "loss_curves.png")
-    plot_ablation_metrics(agg, {a: ARMS[a][0] for a in args.arms}, [(k, t) for k, t, _ in COMPARED],
+    plot_ablation_metrics(agg, {a: ARMS[a][0] for a in args.arms}, [(k, t) for k, t, _ in metric_list[:-1]],
                           out / "ablation_metrics.png")
     print(md)
     print(f"wall {record['wall_s']:.0f} s; wrote {out / 'results.md'}, {out / 'loss_curves.png'}, "

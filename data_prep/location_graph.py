@@ -1,5 +1,5 @@
 """A general-domain location graph from the files that the PyPI package jionlp ships (`ckbert demo-data`'s
-`kg_location.tsv`).
+`location.tsv`).
 
 Sources, found in the installed package without importing it (`demo_data.demo_sources`; importing
 jionlp loads its models):

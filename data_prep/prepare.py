@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="text", help="corpus format (default: text)")
     p.add_argument("--text-field", default="text", help="JSON Lines: field holding the text")
     p.add_argument("--id-field", default="id", help="JSON Lines: field holding the document id, when present")
-    p.add_argument("--kg", type=Path, required=True, help="KG triples (.tsv or .csv with a header) or a KG store folder")
+    p.add_argument("--kg", type=Path, nargs="+", required=True,
+                   help="KG triples (.tsv or .csv with a header; several files merge into one graph, each "
+                        "reported by the probes under its file stem) or one KG store folder")
     p.add_argument("--kg-format", choices=("tsv", "csv"), default=None, help="default: from the file suffix")
     p.add_argument("--kg-desc-relation", default=None, help="relation whose tail is the head's description")
     p.add_argument("--kg-inverse-edges", action="store_true",
@@ -176,7 +178,8 @@ def _identity(args: argparse.Namespace) -> dict:
             "shard_lines", "max_chars", "max_sentence_chars")
     ident = {k: getattr(args, k) for k in keys}
     ident["corpus"] = files
-    ident["kg"] = str(args.kg.resolve())
+    kg = [str(k.resolve()) for k in args.kg]
+    ident["kg"] = kg[0] if len(kg) == 1 else kg  # one file: as before the option took several
     ident["tokenizer"] = str(args.tokenizer.resolve()) if args.tokenizer else None
     ident["stop_list"] = str(args.stop_list.resolve()) if args.stop_list else None
     if args.annotator == "jieba" and args.jieba_engine != "jieba":
@@ -198,19 +201,20 @@ def _prepare_kg(args: argparse.Namespace, out: Path, tally: Tally) -> kg_store.K
         store = kg_store.KGStore.open(kg_dir)
         tally.skipped.update(store.meta.get("skipped", {}))
         return store
-    if args.kg.is_dir():
-        src = kg_store.KGStore.open(args.kg)
+    if any(k.is_dir() for k in args.kg):
+        if len(args.kg) > 1:
+            raise UserError("--kg: a KG store folder cannot be merged with other files", path=args.kg[0])
+        src = kg_store.KGStore.open(args.kg[0])
         if args.kg_inverse_edges and not src.inverse_edges:
             raise UserError("--kg-inverse-edges: this KG store was built without inverse edges; pass the triples "
-                            "file instead (or rebuild the store with the option)", path=args.kg)
+                            "file instead (or rebuild the store with the option)", path=args.kg[0])
         tmp = out / "kg.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
-        shutil.copytree(args.kg, tmp)
+        shutil.copytree(args.kg[0], tmp)
         os.replace(tmp, kg_dir)
         tally.skipped.update(src.meta.get("skipped", {}))
         return kg_store.KGStore.open(kg_dir)
-    check_input_file(args.kg)
     return kg_store.build_store_from_file(args.kg, args.kg_format, kg_dir, tally=tally, desc_relation=args.kg_desc_relation,
                                           inverse_edges=args.kg_inverse_edges)
 
@@ -313,8 +317,9 @@ def main(argv: list[str]) -> int:
     check_number("--batch-sentences", args.batch_sentences, low=1)
     for c in args.corpus:
         check_input_file(c)
-    if not args.kg.exists():
-        raise UserError("KG file not found", path=args.kg)
+    for k in args.kg:
+        if not k.exists():
+            raise UserError("KG file not found", path=k)
     if args.tokenizer is not None and not args.tokenizer.is_dir():
         raise UserError("tokenizer folder not found", path=args.tokenizer)
     if args.stop_list is not None and not args.stop_list.is_file():
@@ -344,7 +349,7 @@ def main(argv: list[str]) -> int:
     linker = Linker(store, LinkerConfig(min_len=args.min_mention_len, stop_words=stop, ner_only=args.link_ner_only,
                                         pos_prefixes=prefixes, max_chars=args.max_entity_chars))
     if linker.num_too_long:
-        tally.skip("entity_name_too_long", f"{args.kg} (--max-entity-chars {args.max_entity_chars})",
+        tally.skip("entity_name_too_long", f"{' '.join(map(str, args.kg))} (--max-entity-chars {args.max_entity_chars})",
                    linker.num_too_long)
     set_context(Context(
         fmt=args.format, text_field=args.text_field, id_field=args.id_field,

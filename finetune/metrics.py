@@ -102,16 +102,23 @@ Entity = tuple[str, int, int]  # (type, start, end) with end inclusive, characte
 
 
 def entity_f1(predicted: Sequence[Iterable[Entity]], gold: Sequence[Iterable[Entity]]) -> dict[str, float]:
-    """Micro precision/recall/F1 over exact entity matches, summed over sentences."""
+    """Micro precision/recall/F1 over exact entity matches, summed over sentences, and the F1 of each
+    entity type ("f1_<type>", over the types of gold and predicted entities)."""
     if len(predicted) != len(gold):
         raise ValueError(f"{len(predicted)} predicted sentences for {len(gold)} gold sentences")
-    tp = n_pred = n_gold = 0
+    counts: dict[str | None, list[int]] = {None: [0, 0, 0]}  # type (None: all) -> [tp, predicted, gold]
     for p, g in zip(predicted, gold, strict=True):
         ps, gs = set(p), set(g)
-        tp += len(ps & gs)
-        n_pred += len(ps)
-        n_gold += len(gs)
-    precision = tp / n_pred if n_pred else 0.0
-    recall = tp / n_gold if n_gold else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1}
+        for key, part in ((0, ps & gs), (1, ps), (2, gs)):
+            for etype, _, _ in part:
+                for c in (counts[None], counts.setdefault(etype, [0, 0, 0])):
+                    c[key] += 1
+
+    def prf(tp: int, n_pred: int, n_gold: int) -> tuple[float, float, float]:
+        precision = tp / n_pred if n_pred else 0.0
+        recall = tp / n_gold if n_gold else 0.0
+        return precision, recall, 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+    precision, recall, f1 = prf(*counts.pop(None))
+    return {"precision": precision, "recall": recall, "f1": f1,
+            **{f"f1_{etype}": prf(*c)[2] for etype, c in sorted(counts.items())}}

@@ -114,6 +114,12 @@ def relation_pools(store: Any, heads: np.ndarray, rels: np.ndarray, tails: np.nd
     return per_triple, {k: np.array(v) for k, v in pools.items()}, asked
 
 
+def graph_group(graph: str | None, group: str) -> str:
+    """A probe group within one graph of a merged store ("<graph>: <group>"); the group itself for a
+    store built from one file."""
+    return group if graph is None else f"{graph}: {group}"
+
+
 def build_items(
     store: Any,
     tokenizer: Any,
@@ -126,8 +132,12 @@ def build_items(
     excluded: set[int] | None = None,
 ) -> list[ProbeItem]:
     """Up to `max_triples` probe items per group, triples drawn in a seeded random order; heads in
-    `excluded` are asked in no group (counted)."""
+    `excluded` are asked in no group (counted). A store merged from several graphs has groups per
+    graph ("<graph>: seen", ...), each with its own `max_triples`."""
     heads, rels, tails = all_triples(store)
+    graph_of = [store.relation_graph(r) for r in range(store.num_relations)]
+    kinds = ("all",) if seen is None else ("seen", "held_out")
+    labels = {graph_group(g, kind) for g in set(graph_of) for kind in kinds}
     rng = np.random.default_rng(seed)
     tail_count, pools, asked = relation_pools(store, heads, rels, tails)
     stats["inverse_triples_not_asked"] = int((~asked).sum())
@@ -145,9 +155,9 @@ def build_items(
         if excluded and h in excluded:
             stats["excluded_head"] = stats.get("excluded_head", 0) + 1
             continue
-        group = "all" if seen is None else ("seen" if h in seen else "held_out")
+        group = graph_group(graph_of[r], "all" if seen is None else ("seen" if h in seen else "held_out"))
         if taken.get(group, 0) >= max_triples:
-            if seen is None or all(taken.get(g, 0) >= max_triples for g in ("seen", "held_out")):
+            if all(taken.get(g, 0) >= max_triples for g in labels):
                 break
             continue
         if not 0 < length(tail) <= max_tail_tokens:
@@ -238,6 +248,14 @@ def bootstrap_ci(values: np.ndarray, clusters: list, samples: int = BOOTSTRAP_SA
     return [(float(a), float(b)) for a, b in zip(lo, hi, strict=True)]
 
 
+def item_rank(row: list[float]) -> tuple[float, float]:
+    """(accuracy@1, reciprocal rank) of the true candidate row[0], ties broken at random in expectation."""
+    above = sum(1 for s in row[1:] if s > row[0])
+    tied = sum(1 for s in row[1:] if s == row[0])
+    acc = 1.0 / (1 + tied) if above == 0 else 0.0
+    return acc, sum(1.0 / (above + 1 + j) for j in range(tied + 1)) / (tied + 1)
+
+
 def summarise(groups: list[str], scores: list[list[float]], clusters: list | None = None,
               intervals: bool = True) -> dict[str, dict[str, float]]:
     """accuracy@1 (%), MRR and their chance levels per group; the true candidate is scores[i][0].
@@ -250,11 +268,7 @@ def summarise(groups: list[str], scores: list[list[float]], clusters: list | Non
     ranks: dict[str, list[tuple[float, float, int]]] = {}
     members: dict[str, list] = {}
     for i, (group, row) in enumerate(zip(groups, scores, strict=True)):
-        above = sum(1 for s in row[1:] if s > row[0])
-        tied = sum(1 for s in row[1:] if s == row[0])
-        acc = 1.0 / (1 + tied) if above == 0 else 0.0
-        rr = sum(1.0 / (above + 1 + j) for j in range(tied + 1)) / (tied + 1)
-        ranks.setdefault(group, []).append((acc, rr, len(row)))
+        ranks.setdefault(group, []).append((*item_rank(row), len(row)))
         members.setdefault(group, []).append(i if clusters is None else clusters[i])
     out = {}
     for group, rows in sorted(ranks.items()):
@@ -370,6 +384,7 @@ def run_cloze(model: Any, args: argparse.Namespace, stats: dict[str, int], recor
 
         n_rows = sum(int(sh["rows"]) for sh in read_manifest(args.prepared)["shards"])
         recorded = recorded_split(model.config)
+        check_share(args, recorded)
         share = args.heldout_share if args.heldout_share is not None else (
             recorded["heldout_heads"] if recorded is not None else 0.0)
         train_rows = heldout_start(n_rows, eval_rows_for(model.config, n_rows, args.eval_rows, args.model))
@@ -388,6 +403,15 @@ def run_cloze(model: Any, args: argparse.Namespace, stats: dict[str, int], recor
     return summarise([it.group for it in items], scores)
 
 
+def check_share(args: argparse.Namespace, recorded: dict | None) -> None:
+    """--heldout-share may restate the share a model recorded, never change it: another share would
+    count heads it trained on as held out."""
+    if args.heldout_share is not None and recorded is not None and args.heldout_share != recorded["heldout_heads"]:
+        raise UserError(f"--heldout-share {args.heldout_share}: the model held out {recorded['heldout_heads']} of "
+                        "the heads (config.json ckbert_split); leave the option out or pass that share",
+                        path=args.model)
+
+
 def run_relation(model: Any, args: argparse.Namespace, stats: dict[str, int], record: dict[str, Any]) -> dict:
     from ckbert.data_prep.dataset import open_prepared
     from ckbert.export import cmrm_of_export
@@ -399,6 +423,7 @@ def run_relation(model: Any, args: argparse.Namespace, stats: dict[str, int], re
         raise UserError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the dataset's "
                         f"tokenizer ({len(tokenizer)})", path=args.prepared)
     recorded = recorded_split(model.config)
+    check_share(args, recorded)
     if args.heldout_share is not None:
         share = args.heldout_share
     elif recorded is not None:

@@ -70,6 +70,7 @@ class RelationItem:
     negatives: dict[str, list[int]]  # negative set -> entity ids, each rendered like the true tail
     group: str  # "seen" / "held_out"
     tail_in_row: bool | None = None  # the tail's tokens occur in the row (None: not computed)
+    graph: str | None = None  # the relation's graph in a store merged from several (KGStore.relation_graph)
 
 
 def random_entities(store: Any, exclude: set[int], k: int, rng: np.random.Generator) -> list[int]:
@@ -146,7 +147,8 @@ def build_items(dataset: Any, rows: range, store: Any, cmrm: CMRMConfig, share: 
                 if tokenizer is not None:
                     tail_ids = tokenizer(store.entity_name(t), add_special_tokens=False)["input_ids"]
                     in_row = _contains(list(row["input_ids"]), list(tail_ids))
-                items.append(RelationItem(r, int(start), int(end), ent, t, first[t], negatives, group, in_row))
+                items.append(RelationItem(r, int(start), int(end), ent, t, first[t], negatives, group, in_row,
+                                          store.relation_graph(first[t])))
     return items
 
 
@@ -223,17 +225,20 @@ def report(items: list[RelationItem], scores: dict[str, dict[str, list[list[floa
            ) -> dict[str, dict[str, float]]:
     """`probe.summarise` per "<seen|held_out>, <protocol> texts, vs <negative set>[, control]" group,
     with intervals over head entities, and the accuracy where the tail's tokens occur in the row
-    and where they do not."""
-    from ckbert.finetune.probe import summarise
+    and where they do not. With a store merged from several graphs, every group is also reported per
+    graph of the item's relation ("<graph>: <group>")."""
+    from ckbert.finetune.probe import graph_group, summarise
 
     groups, rows, heads, in_row = [], [], [], []
     for name, by_set in scores.items():
         for key, per_item in by_set.items():
             for it, row in zip(items, per_item, strict=True):
-                groups.append(f"{it.group}, {name} texts, vs {key}")
-                rows.append(row)
-                heads.append(it.head)
-                in_row.append(it.tail_in_row)
+                group = f"{it.group}, {name} texts, vs {key}"
+                for label in {group, graph_group(it.graph, group)}:
+                    groups.append(label)
+                    rows.append(row)
+                    heads.append(it.head)
+                    in_row.append(it.tail_in_row)
     out = summarise(groups, rows, clusters=heads)
     if any(x is not None for x in in_row):
         for flag, label in ((True, "tail in row"), (False, "tail not in row")):

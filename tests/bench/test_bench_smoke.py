@@ -76,13 +76,13 @@ def test_ablation_smoke(bench_module, small_prepared, tmp_path):
     out = tmp_path / "ablation"
     threads = torch.get_num_threads()
     assert bench.main(["--prepared", str(small_prepared), "--out", str(out), "--smoke", "--jobs", "1",
-                       "--arms", "a", "d", "d_shuffled", "s", "--seeds", "0"]) == 0
+                       "--arms", "a", "k", "k_shuffled", "s", "--seeds", "0"]) == 0
     assert torch.get_num_threads() == threads  # in-process runs leave the caller's thread setting alone
     rec = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    assert [(r["arm"], r["seed"]) for r in rec["runs"]] == [("a", 0), ("d", 0), ("d_shuffled", 0), ("s", 0)]
+    assert [(r["arm"], r["seed"]) for r in rec["runs"]] == [("a", 0), ("k", 0), ("k_shuffled", 0), ("s", 0)]
     # the control arm trained on the shuffled copy of the graph (the same rows, other facts)
     assert rec["shuffled_graph"]["dropped_edges"] == 0 and rec["settings"]["split"] == "test"
-    state = json.loads(next((out / "runs" / "d_shuffled-seed0").glob("checkpoints/step-*/trainer_state.json"))
+    state = json.loads(next((out / "runs" / "k_shuffled-seed0").glob("checkpoints/step-*/trainer_state.json"))
                        .read_text(encoding="utf-8"))
     assert state["kg_fingerprint"] == rec["shuffled_graph"]["fingerprint"] != \
         json.loads((small_prepared / "manifest.json").read_text(encoding="utf-8"))["kg"]["fingerprint"]
@@ -90,21 +90,26 @@ def test_ablation_smoke(bench_module, small_prepared, tmp_path):
     for r in rec["runs"]:
         assert 0 < r["heldout_mlm"] < 2 * math.log(8000) and 0 < r["heldout_mlm_lmlm"] < 2 * math.log(8000)
         assert 0 <= r["sentiment_acc"] <= 100 and 0 <= r["ner_f1"] <= 100 and r["ner_f1_split"] == "test"
-        assert 0 <= r["cloze_seen_acc"] <= 100 and 0 <= r["rel_seen_hop_acc"] <= 100
-        assert r["rel_seen_hop_chance_acc"] >= 20.0  # 1 + at most 4 candidates
+        assert 0 <= r["cloze_seen_acc"] <= 100 and 0 <= r["rel_seen_hop_tail_acc"] <= 100
+        assert r["rel_seen_hop_tail_chance_acc"] >= 20.0  # 1 + at most 4 candidates
+        # the per-item accuracies the intervals resample: one per item, their mean the reported number
+        items = r["items"]["rel_seen_hop_tail_acc"]
+        assert len(items) == rec["probe_item_stats"]["relation_items"]["seen"]
+        assert sum(items) / len(items) == pytest.approx(r["rel_seen_hop_tail_acc"])
     trained = {r["arm"]: r for r in rec["runs"]}
     assert rec["settings"]["precision"] == "fp32"
-    log = (out / "runs" / "d-seed0" / "log.txt").read_text(encoding="utf-8")
+    log = (out / "runs" / "k-seed0" / "log.txt").read_text(encoding="utf-8")
     assert "precision fp32" in log and "[sentiment] device cpu, precision fp32" in log
-    assert trained["a"]["steps"] == trained["d"]["steps"] == 2 and trained["s"]["steps"] == 0
-    hf_config = json.loads((out / "runs" / "d-seed0" / "hf" / "config.json").read_text(encoding="utf-8"))
-    assert hf_config["ckbert_cmrm"]["heldout_heads"] == 0.2  # arm d records the heads CMRM never saw
+    assert trained["a"]["steps"] == trained["k"]["steps"] == 2 and trained["s"]["steps"] == 0
+    hf_config = json.loads((out / "runs" / "k-seed0" / "hf" / "config.json").read_text(encoding="utf-8"))
+    assert hf_config["ckbert_cmrm"]["heldout_heads"] == 0.3  # arm k records the heads CMRM never saw
     # from scratch, the reference arm is seed 0's initial weights: what arm a evaluated at its step 0
     metrics = [json.loads(x) for x in (out / "runs" / "a-seed0" / "metrics.jsonl").read_text().splitlines()]
     step0 = next(m for m in metrics if m["step"] == 0 and "eval_rand_mlm" in m)
     assert step0["eval_rand_mlm"] == pytest.approx(trained["s"]["heldout_mlm_validation"], abs=2e-3)
     md = (out / "results.md").read_text(encoding="utf-8")
-    assert "(a) random-token MLM" in md and "(d) LMLM + CMRM" in md and "relation probe, held-out heads" in md
+    assert "(a) random-token MLM" in md and "(k) random-token MLM + CMRM" in md
+    assert "relation probe, seen, tail texts, vs hop 2-3: acc@1 (%) | " in md
     assert is_png(out / "loss_curves.png") and is_png(out / "ablation_metrics.png")
     # a second run with the same settings reuses every finished (arm, seed)
     before = (out / "runs" / "a-seed0" / "result.json").stat().st_mtime_ns
@@ -127,6 +132,31 @@ def test_ablation_summary_and_noise_screen(bench_module):
     runs_close = [{"arm": arm, "seed": s, "sentiment_acc": 60.0 + d + (0.5 if arm == "c" else 0.0)}
                   for arm in ("a", "c") for s, d in enumerate((-3.0, 0.0, 3.0))]
     assert "noise" in bench.markdown(bench.aggregate(runs_close, ["a", "c"]), ["a", "c"], [0, 1, 2])
+
+
+def test_ablation_probe_intervals_are_over_heads_and_paired(bench_module):
+    """Probe metrics: per-item accuracy averaged over seeds, resampled by head; arm differences are
+    paired per item. An arm right on every item beats one right on none; equal arms give 'no effect'."""
+    bench = bench_module("ablation")
+    key = "rel_seen_hop_tail_acc"
+    heads = {key: [h for h in range(20) for _ in range(3)]}  # 20 heads, 3 items each
+
+    def run(arm, seed, items):
+        return {"arm": arm, "seed": seed, key: sum(items) / len(items), "items": {key: items}}
+
+    rng = __import__("random").Random(0)
+    noisy = [[100.0 * (rng.random() < 0.5) for _ in range(60)] for _ in range(2)]
+    runs = [run("a", s, noisy[s]) for s in (0, 1)] + [run("k", s, [100.0] * 60) for s in (0, 1)]
+    runs += [run("c", s, noisy[s]) for s in (0, 1)]
+    agg = bench.aggregate(runs, ["a", "k", "c"], bench.metrics([]), heads)
+    lo, hi = agg["a"][key]["ci95"]
+    assert lo < agg["a"][key]["mean"] < hi and agg["k"][key]["ci95"] == [100.0, 100.0]
+    assert agg["a"][key]["heads"] == 20 and agg["a"][key]["items"] == 60
+    diff, lo, hi = bench.paired(runs, "a", "k", key, heads[key])
+    assert diff == pytest.approx(100.0 - agg["a"][key]["mean"]) and 0 < lo <= diff <= hi
+    assert bench.paired(runs, "a", "c", key, heads[key]) == (0.0, 0.0, 0.0)  # identical items: no spread
+    md = bench.markdown(agg, ["a", "k"], [0, 1], bench.metrics([]), runs, heads)
+    assert "better" in md.split("relation probe, seen, tail texts, vs hop 2-3: acc@1 (%) |")[-1].splitlines()[0]
 
 
 def test_metrics_plot_takes_an_arm_equal_on_every_seed(bench_module, tmp_path):

@@ -151,6 +151,33 @@ def test_descriptions(tmp_path, cmekg_triples):
     assert s2.fingerprint == s.fingerprint
 
 
+def test_several_files_merge_into_one_graph_with_named_parts(tmp_path, cmekg_triples):
+    """Two files build the same arrays as their concatenation; meta.json names each file's relations,
+    and `relation_graph` labels every relation (inverse ones too) by its file, "a+b" where shared."""
+    rels = sorted({r for _, r, _ in cmekg_triples})
+    first = [x for x in cmekg_triples if x[1] in rels[: len(rels) // 2]]
+    second = [x for x in cmekg_triples if x[1] not in rels[: len(rels) // 2]] + first[:3]  # 3 repeats
+    shared = {r for _, r, _ in first[:3]}
+    files = []
+    for name, rows in (("med", first), ("loc", second)):
+        files.append(tmp_path / f"{name}.tsv")
+        files[-1].write_text("".join(f"{h}\t{r}\t{t}\n" for h, r, t in rows), encoding="utf-8")
+    (tmp_path / "both.tsv").write_text(files[0].read_text("utf-8") + files[1].read_text("utf-8"), encoding="utf-8")
+    tally = Tally()
+    merged = build_store_from_file(files, None, tmp_path / "kg", tally=tally, inverse_edges=True)
+    one = build_store_from_file(tmp_path / "both.tsv", None, tmp_path / "kg1", tally=Tally(), inverse_edges=True)
+    assert merged.fingerprint == one.fingerprint and tally.skipped["kg_duplicate"] == 3
+    assert "graphs" not in one.meta and one.relation_graph(0) is None
+    assert set(merged.meta["graphs"]) == {"med", "loc"}
+    labels = {merged.relation_name(r): merged.relation_graph(r) for r in range(merged.num_relations)}
+    for r in rels[: len(rels) // 2]:
+        assert labels[r] == labels[r + "_inv"] == ("loc+med" if r in shared else "med")
+    for r in rels[len(rels) // 2 :]:
+        assert labels[r] == labels[r + "_inv"] == "loc"
+    with pytest.raises(UserError, match="two KG files named 'med'"):
+        build_store_from_file([files[0], files[0]], None, tmp_path / "kg2", tally=Tally())
+
+
 def test_kg_stats_cli(store, capsys):
     assert kg_stats.main([str(store.path)]) == 0
     out = capsys.readouterr().out

@@ -258,9 +258,9 @@ def test_demo_data(tmp_path, sources, capsys):
     tags = {ln.split("\t")[1] for b in bio for ln in b.splitlines()}
     assert {"O", "B-PER", "I-PER", "B-LOC", "B-ORG"} <= tags
     assert info["kg"]["triples"] > 900_000
-    first = (out / "kg.tsv").open(encoding="utf-8").readline().rstrip("\n").split("\t")
+    first = (out / "cmekg.tsv").open(encoding="utf-8").readline().rstrip("\n").split("\t")
     assert len(first) == 3
-    location = (out / "kg_location.tsv").read_text(encoding="utf-8").splitlines()
+    location = (out / "location.tsv").read_text(encoding="utf-8").splitlines()
     assert len(location) == info["kg_location"]["triples"] > 40_000
     assert all(len(ln.split("\t")) == 3 for ln in location[:100])
     assert "location KG" in capsys.readouterr().out

@@ -62,4 +62,6 @@ def test_entity_f1_by_hand():
     assert out["precision"] == pytest.approx(0.5)
     assert out["recall"] == pytest.approx(2 / 3)
     assert out["f1"] == pytest.approx(4 / 7)
-    assert entity_f1([[]], [[]])["f1"] == 0.0
+    # per type: name 1/1/1, address 0 of 1 and 1, company 1/1/1, game 0 of 1 predicted
+    assert (out["f1_name"], out["f1_address"], out["f1_company"], out["f1_game"]) == (1.0, 0.0, 1.0, 0.0)
+    assert entity_f1([[]], [[]]) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}

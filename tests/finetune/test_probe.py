@@ -158,3 +158,26 @@ def test_cloze_seen_heads_count_only_training_rows_and_leave_cmrm_held_out_heads
     share = next(s for s in (0.1 * i for i in range(1, 10)) if heldout_entity("感冒", s))  # 感冒 held out by CMRM
     seen, excluded = seen_heads_from_prepared(store, prepared, train_rows=11, heldout_share=share)
     assert cold in excluded and cold not in seen
+
+
+def test_cloze_groups_a_merged_graph_per_graph(tiny_model, tmp_path):
+    """A store merged from two files: cloze items are grouped "<graph>: <group>", each graph filled
+    up to max_triples on its own (a small graph is not crowded out by a large one)."""
+    from ckbert.data_prep.kg_store import build_store_from_file
+    from ckbert.data_prep.readers import Tally
+
+    tails = ("发热", "咳嗽", "头晕", "胸痛")
+    big = [f"病{h}\t症状\t{tails[(h + j) % 4]}" for h in range(60) for j in (0, 1)]
+    small = [f"县{h}\t位于\t{c}" for h in range(12) for c in (("北京", "上海", "广州")[h % 3],)]
+    (tmp_path / "med.tsv").write_text("\n".join(big) + "\n", encoding="utf-8")
+    (tmp_path / "loc.tsv").write_text("\n".join(small) + "\n", encoding="utf-8")
+    store = build_store_from_file([tmp_path / "med.tsv", tmp_path / "loc.tsv"], None, tmp_path / "kg", tally=Tally())
+    seen = {store.lookup("病0"), store.lookup("县0"), store.lookup("县1")}
+    items = build_items(store, load_tokenizer(tiny_model), seen, k=2, max_triples=5, max_tail_tokens=8, seed=0,
+                        stats={})
+    groups = {}
+    for it in items:
+        groups[it.group] = groups.get(it.group, 0) + 1
+        assert it.group.split(": ")[0] == ("med" if it.relation == "症状" else "loc")
+    assert groups["med: held_out"] == 5 and groups["loc: held_out"] == 5
+    assert groups["med: seen"] == 2 and groups["loc: seen"] == 2  # all that the graph has

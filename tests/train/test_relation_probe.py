@@ -239,6 +239,21 @@ def test_bootstrap_intervals_resample_heads():
     assert bootstrap_ci(np.ones((5, 2)), list("abcde")) == [(1.0, 1.0), (1.0, 1.0)]
 
 
+def test_a_merged_graph_is_reported_overall_and_per_graph():
+    """Items of a store merged from several graphs count in their group and in "<graph>: <group>"."""
+    items = [rp.RelationItem(0, 0, 1, h, 9, 0, {"hop 2-3": [7]}, "seen", None, g)
+             for h, g in ((1, "location"), (2, "location"), (3, "cmekg"))]
+    scores = {"tail": {"hop 2-3": [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]}}
+    out = rp.report(items, scores)
+    assert set(out) == {"seen, tail texts, vs hop 2-3", "location: seen, tail texts, vs hop 2-3",
+                        "cmekg: seen, tail texts, vs hop 2-3"}
+    assert out["location: seen, tail texts, vs hop 2-3"]["accuracy@1"] == 100.0
+    assert out["cmekg: seen, tail texts, vs hop 2-3"]["accuracy@1"] == 0.0
+    assert out["seen, tail texts, vs hop 2-3"]["triples"] == 3 and out["seen, tail texts, vs hop 2-3"]["heads"] == 3
+    one_graph = [rp.RelationItem(**{**it.__dict__, "graph": None}) for it in items]
+    assert set(rp.report(one_graph, scores)) == {"seen, tail texts, vs hop 2-3"}
+
+
 def test_the_export_records_its_split_and_eval_and_probe_honour_it(probed_run, prepared_dir, prepared, capsys):
     from ckbert.heldout import split_rows
 
@@ -252,6 +267,13 @@ def test_the_export_records_its_split_and_eval_and_probe_honour_it(probed_run, p
         rc = cli([*command, "--model", model, "--prepared", str(prepared_dir), "--eval-rows", str(len(ds) // 10 + 5)])
         err = capsys.readouterr().err
         assert rc == 2 and "takes in rows the model trained on" in err and "Traceback" not in err
+    # another held-out share would count heads it trained on as held out: refused; its own share is fine
+    for kind in ("relation", "cloze"):
+        kg_arg = ["--kg", str(prepared_dir / "kg")] if kind == "cloze" else []
+        rc = cli(["probe", "--kind", kind, "--model", model, "--prepared", str(prepared_dir), *kg_arg,
+                  "--heldout-share", "0.1"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "the model held out 0.3 of the heads" in err and "Traceback" not in err
     # without --eval-rows: the recorded split; validation and test are the two halves
     out = {}
     for half in ("validation", "test"):
