@@ -94,7 +94,7 @@ $CKBERT eval --model "$STARTER" "$DEMO/model" --name starter "demo (continued)" 
   --eval-rows 1024 --split test --temperature 0.1 --examples 3 --json > "$DEMO/heldout.jsonl"
 $PY - "$DEMO/heldout.jsonl" <<'PYEOF'
 import json, sys
-from ckbert.mlm_eval import report
+from ckbert.evaluation.mlm import report
 starter, demo = [json.loads(line) for line in open(sys.argv[1], encoding="utf-8")]
 print(report([starter, demo], ["starter", "demo (continued)"]))
 gap = demo["eval_rand_unigram_mlm"] - demo["eval_rand_mlm"]

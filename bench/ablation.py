@@ -26,7 +26,7 @@ quick screen).
 Seed s gives every arm the same batch order and masks draw. Each (arm, seed) is exported with
 `ckbert export`'s function and measured through plain transformers on rows no run trained on:
 - held-out MLM loss and top-1 on random-token masks (the same masks for every arm), and on LMLM
-  masks (`ckbert.mlm_eval.evaluate_hf`, i.e. `ckbert eval`);
+  masks (`ckbert.evaluation.mlm.evaluate_hf`, i.e. `ckbert eval`);
 - the relation probe (`ckbert probe --kind relation`): held-out and seen heads, the true
   neighbour against hop-2..3 and against random entities, acc@1 beside chance, overall and per
   graph of a merged store;
@@ -151,7 +151,7 @@ class Settings:
     rel_per_mention: int = 2  # relation probe: true neighbours per held-out mention
     finetune: int = 1  # 0 = skip NER and sentiment (a quick screen of CMRM variants)
     # which half of the held-out rows and heads the probes and the held-out MLM are reported on:
-    # "validation" for screens and recipe choices, "test" once per recipe (ckbert.heldout.split_rows)
+    # "validation" for screens and recipe choices, "test" once per recipe (ckbert.evaluation.heldout.split_rows)
     split: str = "test"
     threads: int = 1  # torch threads per process
     precision: str = "fp32"
@@ -222,8 +222,8 @@ def heldout_scores(hf_dir: Path, s: Settings) -> dict[str, float]:
     from transformers import AutoModelForMaskedLM
 
     from ckbert.data_prep.dataset import open_prepared
-    from ckbert.finetune.checkpoint import load_model
-    from ckbert.mlm_eval import evaluate_hf
+    from ckbert.evaluation.mlm import evaluate_hf
+    from ckbert.hf_load import load_model
 
     model, prepared = load_model(AutoModelForMaskedLM, hf_dir), open_prepared(s.prepared)
     r = evaluate_hf(model, prepared, s.eval_rows, split=s.split)  # reported: the test half, or validation in a screen
@@ -260,9 +260,16 @@ def probe_scores(hf_dir: Path, out: Path, s: Settings) -> dict[str, Any]:
     from transformers import AutoModelForMaskedLM
 
     from ckbert.data_prep.dataset import open_prepared
-    from ckbert.finetune import relation_probe as rp
-    from ckbert.finetune.checkpoint import load_model, load_tokenizer
-    from ckbert.finetune.probe import DEFAULT_TEMPLATE, ProbeItem, graph_group, item_rank, score_candidates, summarise
+    from ckbert.evaluation import relation_probe as rp
+    from ckbert.evaluation.probe import (
+        DEFAULT_TEMPLATE,
+        ProbeItem,
+        graph_group,
+        item_rank,
+        score_candidates,
+        summarise,
+    )
+    from ckbert.hf_load import load_model, load_tokenizer
 
     model = load_model(AutoModelForMaskedLM, hf_dir)
     res: dict[str, Any] = {"items": {}}
@@ -363,8 +370,8 @@ def build_probe_items(s: Settings, out: Path, seed: int = 0) -> dict[str, Any]:
     """The probe item sets every arm is scored on: cloze triples of the prepared KG (heads split by
     the corpus) and relation items on the held-out rows (heads split by `heldout_heads`)."""
     from ckbert.data_prep.dataset import open_prepared
-    from ckbert.finetune import probe, relation_probe
-    from ckbert.heldout import heldout_start, split_rows
+    from ckbert.evaluation import probe, relation_probe
+    from ckbert.evaluation.heldout import heldout_start, split_rows
 
     _, dataset, kg, tok = open_prepared(s.prepared)
     seen, excluded = probe.seen_heads_from_prepared(kg, Path(s.prepared), heldout_start(len(dataset), s.eval_rows),
@@ -399,7 +406,7 @@ def aggregate(results: list[dict[str, Any]], arms: list[str], metric_list: list[
               heads: dict[str, list] | None = None) -> dict[str, dict[str, dict[str, float]]]:
     """Per arm and metric: spread over seeds, and for a probe metric with `heads` the 95% interval of
     the seed-averaged per-item accuracy, resampled by head (`ci95`)."""
-    from ckbert.finetune.probe import bootstrap_ci
+    from ckbert.evaluation.probe import bootstrap_ci
 
     agg: dict[str, dict[str, dict[str, float]]] = {}
     for arm in arms:
@@ -430,7 +437,7 @@ def compare(agg: dict, a: str, b: str, key: str) -> tuple[float, float] | None:
 def paired(results: list[dict[str, Any]], a: str, b: str, key: str, heads: list) -> tuple[float, float, float] | None:
     """(b - a, 95% interval) of a probe metric: per item, the seed-averaged accuracy of b minus a's
     (the same items for every arm), resampled by head."""
-    from ckbert.finetune.probe import bootstrap_ci
+    from ckbert.evaluation.probe import bootstrap_ci
 
     x, y = seed_mean_items(results, a, key), seed_mean_items(results, b, key)
     if x is None or y is None or len(x) != len(y) or len(x) != len(heads):

@@ -140,7 +140,7 @@ def plot_throughput(records: list[dict[str, Any]], out: Path) -> Path:
 
 
 def plot_heldout(runs: dict[str, Path], out: Path, title: str) -> Path:
-    """Held-out curves of pretraining runs (metrics.jsonl with ckbert.heldout's eval records): MLM
+    """Held-out curves of pretraining runs (metrics.jsonl with ckbert.evaluation.heldout's eval records): MLM
     loss on random-token masks against training tokens (left) and top-1 (right), the unigram
     baseline dashed; CMRM accuracy against chance when the runs have it."""
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))

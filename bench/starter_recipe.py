@@ -6,7 +6,7 @@
 Every arm is `configs/pretrain/starter.yaml` with a few overrides, trained from scratch for the
 same token budget (its lr schedule runs over that budget), with one torch thread per run and
 `--jobs` runs at a time, so that arms running together share the machine equally. Each run's own
-held-out evaluation (ckbert.heldout: random-token masks, every target [MASK], beside the unigram
+held-out evaluation (ckbert.evaluation.heldout: random-token masks, every target [MASK], beside the unigram
 baseline) is read from its metrics.jsonl. Writes OUT/recipe.json, OUT/recipe.md (a table) and
 OUT/recipe.png (curves); the wall time per arm is reported beside the tokens.
 """

@@ -22,12 +22,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                                   "each relation (the wrong-facts control)"),
     "pretrain": ("ckbert.train", "pretrain with LMLM + CMRM from a YAML config"),
     "export": ("ckbert.export", "checkpoint -> Hugging Face model folder (safetensors)"),
-    "eval": ("ckbert.mlm_eval", "held-out MLM loss and top-1 (random-token and LMLM masks), CMRM accuracy, "
+    "eval": ("ckbert.evaluation.mlm", "held-out MLM loss and top-1 (random-token and LMLM masks), CMRM accuracy, "
                                 "beside the unigram baseline"),
     "plan": ("ckbert.plan", "predict per-GPU memory and the largest micro-batch"),
     "finetune": ("ckbert.finetune.run", "fine-tune and evaluate one CLUE or demo task"),
     "clue": ("ckbert.finetune.clue", "run several CLUE tasks and write one results table"),
-    "probe": ("ckbert.finetune.probe", "knowledge probes: CMRM-level relation ranking on held-out rows, or a KG cloze"),
+    "probe": ("ckbert.evaluation.probe", "knowledge probes: CMRM-level relation ranking on held-out rows, or a KG cloze"),
 }
 
 

@@ -28,11 +28,12 @@ import torch
 from torch import nn
 
 from ckbert import checkpoint as ckpt_io
-from ckbert import heldout
-from ckbert.collator import CMRM_STAT_KEYS, PretrainCollator
+from ckbert.cmrm_samples import CMRM_STAT_KEYS
+from ckbert.collator import PretrainCollator
 from ckbert.config import to_dict
 from ckbert.errors import UserError
-from ckbert.heldout import heldout_start
+from ckbert.evaluation import heldout
+from ckbert.evaluation.heldout import heldout_start
 from ckbert.model import CKBertForPreTraining
 from ckbert.model_config import ModelConfig, load_model_config, model_config_from_dict, resolve_vocab_size
 from ckbert.objectives import cmrm_loss, cmrm_scores, masked_mean_pool, mention_anchors
@@ -58,7 +59,7 @@ class PretrainForward(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor], detail: bool = False) -> dict[str, torch.Tensor]:
         """The terms {"mlm", "cmrm"}; with `detail` (evaluation), instead the MLM logits at the
-        targets [M, V], the CMRM scores [N, 1+K] and the collapse signal (ckbert.heldout)."""
+        targets [M, V], the CMRM scores [N, 1+K] and the collapse signal (ckbert.evaluation.heldout)."""
         model = self.model
         if self.cmrm_enabled:  # CMRM's sample texts ride in the same encoder pass (`encode_packed`)
             hidden, sample_hidden = model.encode_packed([(batch["input_ids"], batch["attention_mask"]),
@@ -157,7 +158,7 @@ def train_step(ctx: StepContext, micro_batches: list[dict[str, torch.Tensor]]) -
 @torch.no_grad()
 def evaluate(forward: PretrainForward, sets: dict[str, list[dict[str, torch.Tensor]]], unigram: torch.Tensor,
              autocast) -> dict[str, float]:
-    """Held-out evaluation (ckbert.heldout) over named sets of batches: "eval" (the objective's own
+    """Held-out evaluation (ckbert.evaluation.heldout) over named sets of batches: "eval" (the objective's own
     masks, with CMRM) and "eval_rand" (random-token masks). Per set: MLM loss and top-1 beside the
     unigram baseline on the same targets; for "eval" also the CMRM loss, accuracy and chance; and the
     mean pairwise cosine of last-layer states (collapse)."""
@@ -169,7 +170,7 @@ def evaluate(forward: PretrainForward, sets: dict[str, list[dict[str, torch.Tens
         for batch in batches:
             with autocast():
                 out = forward(batch, detail=True)
-            if name == "eval_cosine":  # one batch: the first held-out rows (ckbert.heldout.COSINE_ROWS)
+            if name == "eval_cosine":  # one batch: the first held-out rows (ckbert.evaluation.heldout.COSINE_ROWS)
                 record[name] = float(out["cosine"])
                 continue
             heldout.add(sums, heldout.mlm_counts(out["mlm_logits"], batch["mlm_labels"], unigram))

@@ -134,7 +134,7 @@ class ClassificationTask:
     def model(self, model_dir: Path, random_init: bool = False) -> Any:
         from transformers import AutoModelForSequenceClassification
 
-        from ckbert.finetune.checkpoint import load_model
+        from ckbert.hf_load import load_model
 
         return load_model(
             AutoModelForSequenceClassification,

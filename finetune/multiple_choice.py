@@ -46,7 +46,7 @@ class MultipleChoiceTask:
     def model(self, model_dir: Path, random_init: bool = False) -> Any:
         from transformers import AutoModelForMultipleChoice
 
-        from ckbert.finetune.checkpoint import load_model
+        from ckbert.hf_load import load_model
 
         return load_model(AutoModelForMultipleChoice, model_dir, random_init)
 

@@ -78,7 +78,7 @@ class SpanTask:
     def model(self, model_dir: Path, random_init: bool = False) -> Any:
         from transformers import AutoModelForQuestionAnswering
 
-        from ckbert.finetune.checkpoint import load_model
+        from ckbert.hf_load import load_model
 
         return load_model(AutoModelForQuestionAnswering, model_dir, random_init)
 

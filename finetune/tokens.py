@@ -118,7 +118,7 @@ class TokenTask:
     def model(self, model_dir: Path, random_init: bool = False) -> Any:
         from transformers import AutoModelForTokenClassification
 
-        from ckbert.finetune.checkpoint import load_model
+        from ckbert.hf_load import load_model
 
         return load_model(
             AutoModelForTokenClassification,

@@ -8,9 +8,9 @@ import pytest
 
 from ckbert.cli import main as cli_main
 from ckbert.errors import UserError
-from ckbert.finetune.checkpoint import check_model_dir, load_tokenizer
 from ckbert.finetune.hparams import load_config
 from ckbert.finetune.tasks import get_task
+from ckbert.hf_load import check_model_dir, load_tokenizer
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ckbert.data_prep.kg_store import KGStore
-from ckbert.finetune.checkpoint import load_tokenizer
-from ckbert.finetune.probe import ProbeItem, build_items, main, score_candidates, summarise
+from ckbert.evaluation.probe import ProbeItem, build_items, main, score_candidates, summarise
+from ckbert.hf_load import load_tokenizer
 
 
 def test_probe_cli_splits_seen_and_held_out(tiny_model, tiny_kg, tmp_path, capsys):
@@ -137,7 +137,7 @@ def test_cloze_seen_heads_count_only_training_rows_and_leave_cmrm_held_out_heads
     from ckbert.cli import main as cli_main
     from ckbert.data_prep.dataset import open_prepared
     from ckbert.data_prep.kg_store import KGStore, heldout_entity
-    from ckbert.finetune.probe import seen_heads_from_prepared
+    from ckbert.evaluation.probe import seen_heads_from_prepared
 
     (tmp_path / "kg.tsv").write_text("".join("\t".join(t) + "\n" for t in kg_triples), encoding="utf-8")
     lines = ["医生/n  说/v  感冒/n  要/v  多/a  喝水/v  。/w"] * 11 + ["肺炎/n  是/v  常见/a  的/u  病/n  。/w"]

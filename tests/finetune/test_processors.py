@@ -5,7 +5,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from ckbert.finetune.checkpoint import load_tokenizer
 from ckbert.finetune.offline import (
     HELD_OUT_FRACTION,
     load_pd_ner,
@@ -16,6 +15,7 @@ from ckbert.finetune.offline import (
 )
 from ckbert.finetune.tasks import CLUE_TASKS, get_task
 from ckbert.finetune.tokens import bio_tags, spans_from_tags
+from ckbert.hf_load import load_tokenizer
 
 CFG = SimpleNamespace(max_length=64, doc_stride=16, max_answer_length=20)
 

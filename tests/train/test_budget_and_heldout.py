@@ -11,9 +11,10 @@ import pytest
 import torch
 import yaml
 
-from ckbert import heldout
 from ckbert.cli import main as cli
-from ckbert.collator import CMRM_STAT_KEYS, PretrainCollator
+from ckbert.cmrm_samples import CMRM_STAT_KEYS
+from ckbert.collator import PretrainCollator
+from ckbert.evaluation import heldout
 from ckbert.optim import BudgetSchedule
 from ckbert.train import keep_until
 from ckbert.train_config import CMRMConfig, MaskingConfig
@@ -133,7 +134,7 @@ def test_collator_drops_a_mention_left_without_negative(prepared):
     stats["mentions"] = 2
     # "中☃" and "中☄" both tokenize to 中 [UNK]: the first mention's only negative merges with its positive
     texts = ["中☃", "中☄", "中国", "中文"]
-    ids, mask, pool, index, exclude, kept = col._tokenize_samples(texts, [[0, 1, -1], [2, 3, 1]], stats,
+    ids, mask, pool, index, exclude, kept = col.sampler.tokenize(texts, [[0, 1, -1], [2, 3, 1]], stats,
                                                                   dict.fromkeys(texts, 1))
     assert kept.tolist() == [1] and index.shape == (1, 3)
     assert stats["no_negative"] == 1 and stats["mentions"] == 1 and stats["merged"] == 1

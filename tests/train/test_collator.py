@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from ckbert.cmrm_samples import CMRM_STAT_KEYS
 from ckbert.collator import (
-    CMRM_STAT_KEYS,
     SRC_DEP,
     SRC_MARKER,
     SRC_PRIORITY,
@@ -158,7 +158,7 @@ def test_negatives_are_not_one_hop(prepared):
         if not mentions:
             continue
         texts, stats = {}, dict.fromkeys(("no_positive", "no_negative", "shortfall", "missing_slots"), 0)
-        kept, slots = col._samples(mentions, np.random.default_rng(r), texts, stats)
+        kept, slots = col.sampler.samples(mentions, np.random.default_rng(r), texts, stats)
         by_index = {i: t for t, i in texts.items()}
         for (start, end, _), row_slots in zip(kept, slots, strict=True):
             ent = next(e for s, e2, e in mentions if (s, e2) == (start, end))
@@ -325,7 +325,7 @@ def test_heldout_heads_are_never_anchors_nor_positive_tails(prepared):
         row = ds[r]
         mentions = list(zip(row["ent_start"], row["ent_end"], row["ent_id"], strict=True))
         texts, stats = {}, dict.fromkeys(("no_positive", "no_negative", "shortfall", "missing_slots", "heldout"), 0)
-        spans, slots = col._samples(mentions, np.random.default_rng(r), texts, stats)
+        spans, slots = col.sampler.samples(mentions, np.random.default_rng(r), texts, stats)
         heldout += stats["heldout"]
         assert stats["heldout"] == sum(kg.entity_name(e) in out for _, _, e in mentions[:])
         by_index = {i: t for t, i in texts.items()}
@@ -396,11 +396,11 @@ def test_in_batch_negatives_tail_render_and_false_negatives_left_out(prepared):
     texts, stats, prefix, tails, ents, slots = {}, dict.fromkeys(CMRM_STAT_KEYS, 0), {}, {}, [], []
     for r in range(96):
         row = ds[r]
-        kept, sl = col._samples(list(zip(row["ent_start"], row["ent_end"], row["ent_id"], strict=True)),
+        kept, sl = col.sampler.samples(list(zip(row["ent_start"], row["ent_end"], row["ent_id"], strict=True)),
                                 np.random.default_rng(r), texts, stats, prefix, tails)
         ents += [e for _, _, e in kept]
         slots += sl
-    ids, mask, pool, index, exclude, kept = col._tokenize_samples(list(texts), slots, stats, prefix, tails, ents)
+    ids, mask, pool, index, exclude, kept = col.sampler.tokenize(list(texts), slots, stats, prefix, tails, ents)
     named = [set() for _ in range(ids.shape[0])]
     rows_of = {tuple(x): j for j, x in enumerate(ids.tolist())}
     for text, t in tails.items():

@@ -13,9 +13,9 @@ import yaml
 from ckbert.checkpoint import latest_checkpoint, load_model_state, load_trainer_state
 from ckbert.cli import main as cli
 from ckbert.data_prep.kg_store import heldout_entity
+from ckbert.evaluation import relation_probe as rp
+from ckbert.evaluation.heldout import heldout_start
 from ckbert.export import cmrm_of_export
-from ckbert.finetune import relation_probe as rp
-from ckbert.heldout import heldout_start
 from ckbert.model import CKBertForPreTraining
 from ckbert.model_config import model_config_from_dict
 from ckbert.objectives import masked_mean_pool, mention_anchors
@@ -66,7 +66,8 @@ def test_probe_cli_reports_seen_and_held_out_against_both_negative_sets(probed_r
         lo, hi = g["accuracy@1_ci95"]
         assert 0.0 <= lo <= g["accuracy@1"] <= hi <= 100.0
         assert g["items, tail in row"] + g["items, tail not in row"] == g["triples"]
-    assert "| seen, mention+tail texts, vs hop 2-3 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| seen, mention+tail texts, vs hop 2-3 |" in printed and "control:" not in printed  # JSON only
     # --kind relation without --prepared: one line, exit 2
     assert cli(["probe", "--kind", "relation", "--model", str(probed_run / "hf")]) == 2
     assert "needs --prepared" in capsys.readouterr().err
@@ -197,8 +198,8 @@ class _LM(torch.nn.Module):
 
 @pytest.mark.parametrize("protocol", ["mention+tail", "tail"])
 def test_an_oracle_scores_100_and_a_constant_encoder_exact_chance(prepared, protocol):
-    from ckbert.collator import tokenize_samples
-    from ckbert.finetune.probe import summarise
+    from ckbert.cmrm_samples import tokenize_samples
+    from ckbert.evaluation.probe import summarise
 
     manifest, ds, kg, tok = prepared
     start = heldout_start(len(ds), 48)
@@ -224,7 +225,7 @@ def test_an_oracle_scores_100_and_a_constant_encoder_exact_chance(prepared, prot
 
 
 def test_bootstrap_intervals_resample_heads():
-    from ckbert.finetune.probe import bootstrap_ci, summarise
+    from ckbert.evaluation.probe import bootstrap_ci, summarise
 
     # one head right on all of its 9 items, nine heads wrong on their one item each: the item mean is
     # 50%, and resampling heads (not items) gives a wide interval
@@ -255,7 +256,7 @@ def test_a_merged_graph_is_reported_overall_and_per_graph():
 
 
 def test_the_export_records_its_split_and_eval_and_probe_honour_it(probed_run, prepared_dir, prepared, capsys):
-    from ckbert.heldout import split_rows
+    from ckbert.evaluation.heldout import split_rows
 
     manifest, ds, kg, tok = prepared
     split = json.loads((probed_run / "hf" / "config.json").read_text())["ckbert_split"]

@@ -2,7 +2,7 @@
 
 Two kinds:
 
-- `--kind relation` (ckbert.finetune.relation_probe): at the level CMRM trains, on held-out rows:
+- `--kind relation` (ckbert.evaluation.relation_probe): at the level CMRM trains, on held-out rows:
   a mention's mean last-layer state against "mention + true neighbour" and "mention + hop-2..3 or
   random entity" texts, by cosine; seen and held-out heads apart.
 - `--kind cloze` (the default): for a triple (head, relation, tail) the template, e.g.
@@ -25,6 +25,7 @@ names in `--seen-heads`.
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,9 @@ import torch
 
 from ckbert.data_prep.kg_store import INVERSE_SUFFIX
 from ckbert.errors import UserError
-from ckbert.finetune.checkpoint import check_model_dir, load_model, load_tokenizer
-from ckbert.finetune.submission import write_json
-from ckbert.heldout import SPLITS
-from ckbert.outputs import check_out_file
+from ckbert.evaluation.heldout import SPLITS
+from ckbert.hf_load import check_model_dir, load_model, load_tokenizer
+from ckbert.outputs import check_out_file, write_text_atomic
 
 DEFAULT_TEMPLATE = "{head}的{relation}是{tail}。"
 
@@ -363,9 +363,12 @@ def main(argv: list[str]) -> int:
     else:
         report = run_cloze(model, args, stats, record)
     print(", ".join(f"{k}={v}" for k, v in sorted(stats.items())))
-    print(markdown(report), end="")
+    # the "control: another mention's anchor" rows are a diagnostic (relation_probe.CONTROL): in --out only
+    print(markdown({g: r for g, r in report.items() if "control:" not in g}), end="")
     if args.out is not None:
-        write_json(args.out, {**record, "stats": stats, "groups": report})
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.out, json.dumps({**record, "stats": stats, "groups": report}, ensure_ascii=False,
+                                               indent=2) + "\n")
     return 0
 
 
@@ -380,7 +383,7 @@ def run_cloze(model: Any, args: argparse.Namespace, stats: dict[str, int], recor
         # seen: linked in the rows the model trained on (its recorded split, else all but the last
         # --eval-rows) and not among CMRM's held-out heads
         from ckbert.data_prep.dataset import read_manifest
-        from ckbert.heldout import eval_rows_for, heldout_start, recorded_split
+        from ckbert.evaluation.heldout import eval_rows_for, heldout_start, recorded_split
 
         n_rows = sum(int(sh["rows"]) for sh in read_manifest(args.prepared)["shards"])
         recorded = recorded_split(model.config)
@@ -414,9 +417,9 @@ def check_share(args: argparse.Namespace, recorded: dict | None) -> None:
 
 def run_relation(model: Any, args: argparse.Namespace, stats: dict[str, int], record: dict[str, Any]) -> dict:
     from ckbert.data_prep.dataset import open_prepared
+    from ckbert.evaluation import relation_probe as rp
+    from ckbert.evaluation.heldout import eval_rows_for, recorded_split, split_rows
     from ckbert.export import cmrm_of_export
-    from ckbert.finetune import relation_probe as rp
-    from ckbert.heldout import eval_rows_for, recorded_split, split_rows
 
     manifest, dataset, kg, tokenizer = open_prepared(args.prepared)
     if len(tokenizer) > model.config.vocab_size:

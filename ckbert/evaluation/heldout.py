@@ -14,7 +14,7 @@ dataset, `heldout_start`):
   on the first plateau of pretraining maps every position to one vector (cosine near 1), and then
   neither the MLM head nor CMRM can tell tokens apart.
 
-`ckbert.train` uses these during a run; `ckbert.mlm_eval` applies them to any exported folder
+`ckbert.train` uses these during a run; `ckbert.evaluation.mlm` applies them to any exported folder
 through plain `transformers`.
 """
 

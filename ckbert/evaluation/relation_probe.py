@@ -2,9 +2,9 @@
 scores them? (issue 12; method.md, sections 2 and 4)
 
 On the rows a pretraining run never trains on (the last `--eval-rows` of a prepared dataset,
-`ckbert.heldout`), each linked mention's anchor is the mean of its last-layer states (the row
+`ckbert.evaluation.heldout`), each linked mention's anchor is the mean of its last-layer states (the row
 unmasked, plain `transformers`). For up to `--per-mention` true 1-hop neighbours t of the mention's
-entity, the text "mention + t" (rendered as CMRM renders it, `ckbert.collator.sample_text`) is
+entity, the text "mention + t" (rendered as CMRM renders it, `ckbert.cmrm_samples.sample_text`) is
 ranked against K texts "mention + x" for
 - `hop 2-3`: x drawn from the entity's hop-2..3 neighbourhood (CMRM's negatives), and
 - `random`: x drawn uniformly from all entities that are neither the entity nor a 1-hop neighbour,
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ckbert.collator import name_chars, sample_text, tokenize_samples
+from ckbert.cmrm_samples import name_chars, sample_text, tokenize_samples
 from ckbert.data_prep.kg_store import heldout_entity, heldout_part, sample_negatives
 from ckbert.objectives import masked_mean_pool, mention_anchors
 from ckbert.train_config import CMRMConfig
@@ -227,7 +227,7 @@ def report(items: list[RelationItem], scores: dict[str, dict[str, list[list[floa
     with intervals over head entities, and the accuracy where the tail's tokens occur in the row
     and where they do not. With a store merged from several graphs, every group is also reported per
     graph of the item's relation ("<graph>: <group>")."""
-    from ckbert.finetune.probe import graph_group, summarise
+    from ckbert.evaluation.probe import graph_group, summarise
 
     groups, rows, heads, in_row = [], [], [], []
     for name, by_set in scores.items():

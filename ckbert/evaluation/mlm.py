@@ -3,7 +3,7 @@
     ckbert eval --model HF_DIR [HF_DIR ...] --prepared DIR [--eval-rows 256] [--examples 5] [--json]
 
 The model is loaded with plain `transformers.AutoModelForMaskedLM` (no ckbert model code). On the
-rows a pretraining run with the same `data.eval_rows` never trains on (`ckbert.heldout`), it
+rows a pretraining run with the same `data.eval_rows` never trains on (`ckbert.evaluation.heldout`), it
 reports, beside the unigram baseline of the training rows:
 
 - MLM loss and top-1 accuracy on random-token masks (15% single tokens, all [MASK]);
@@ -29,10 +29,10 @@ from typing import Any
 
 import torch
 
-from ckbert import heldout
 from ckbert.collator import PretrainCollator
 from ckbert.config import check_number
 from ckbert.errors import UserError
+from ckbert.evaluation import heldout
 from ckbert.export import cmrm_of_export
 from ckbert.objectives import cmrm_scores, masked_mean_pool, mention_anchors
 from ckbert.train import KeyedRows
@@ -43,7 +43,7 @@ from ckbert.train_config import CMRMConfig, MaskingConfig
 def evaluate_hf(model, prepared: tuple, eval_rows: int, seed: int = 0, temperature: float = 0.5,
                 batch_size: int = 32, split: str = "all") -> dict[str, Any]:
     """Every number of the module docstring for one loaded HF masked-LM model, on the held-out rows
-    of `split` (`ckbert.heldout.split_rows`); the unigram baseline counts the training rows."""
+    of `split` (`ckbert.evaluation.heldout.split_rows`); the unigram baseline counts the training rows."""
     manifest, ds, kg, tok = prepared
     n_train = heldout.heldout_start(len(ds), eval_rows)
     keys = [(0, r) for r in heldout.split_rows(len(ds), eval_rows, split)]
