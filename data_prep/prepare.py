@@ -203,7 +203,8 @@ def _prepare_kg(args: argparse.Namespace, out: Path, tally: Tally) -> kg_store.K
         return store
     if any(k.is_dir() for k in args.kg):
         if len(args.kg) > 1:
-            raise UserError("--kg: a KG store folder cannot be merged with other files", path=args.kg[0])
+            raise UserError("--kg: a KG store folder cannot be merged with other files",
+                            path=next(k for k in args.kg if k.is_dir()))
         src = kg_store.KGStore.open(args.kg[0])
         if args.kg_inverse_edges and not src.inverse_edges:
             raise UserError("--kg-inverse-edges: this KG store was built without inverse edges; pass the triples "

@@ -149,6 +149,13 @@ def test_kg_without_a_valid_triple(world, tmp_path, capsys):
     fails(capsys, argv, "kg.tsv", "no valid triples")
 
 
+def test_kg_store_folder_cannot_be_merged_and_a_second_file_is_checked(world, tmp_path, capsys):
+    argv = prepare_args(world, tmp_path / "out")
+    fails(capsys, [*argv[:5], world["prepared"] / "kg", *argv[5:]], f"{world['prepared'] / 'kg'}: ",
+          "cannot be merged with other files")
+    fails(capsys, [*argv[:5], tmp_path / "nokg2.tsv", *argv[5:]], "nokg2.tsv", "KG file not found")
+
+
 def test_huge_entity_name_is_skipped_and_counted_not_a_segfault(world, tmp_path):
     """pyahocorasick segfaults (exit 139) on a ~1M-character word: such names never reach it."""
     kg = tmp_path / "kg.tsv"
