@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ckbert.data_prep.kg_store import KGStore, heldout_entity, sample_negatives, sample_positive
+from ckbert.data_prep.kg_store import KGStore, heldout_entity, is_neighbour, sample_negatives, sample_positive
 from ckbert.train_config import CMRMConfig
 
 # Counted per batch and logged: kept mentions; mentions dropped for lack of a positive / of any
@@ -168,11 +168,10 @@ class CMRMSampler:
         kept = np.zeros(len(slots), dtype=bool)
         exclude = np.zeros((len(slots), keep.size), dtype=bool)
         in_batch = self.cmrm.in_batch_negatives
-        if in_batch:  # the entities each merged text names (texts that tokenize alike merged)
-            names: list[set[int]] = [set() for _ in range(keep.size)]
-            for old, text in enumerate(texts):
-                if tails[text] >= 0:
-                    names[to_new[old]].add(tails[text])
+        if in_batch:  # (merged text, entity it names) pairs; texts that tokenize alike are merged
+            pairs = sorted({(int(to_new[old]), tails[text]) for old, text in enumerate(texts) if tails[text] >= 0})
+            named_text = np.array([t for t, _ in pairs], dtype=np.int64)
+            named_ent = np.array([e for _, e in pairs], dtype=np.int64)
         for n, row in enumerate(slots):
             out = [int(to_new[row[0]])]
             for old in row[1:]:
@@ -186,8 +185,9 @@ class CMRMSampler:
                     stats["shortfall"] += 1
             index[n, : len(out)] = out
             if in_batch:
-                hop1 = set(self.kg.neighbors(ents[n])[1].tolist()) | {ents[n]}
-                exclude[n] = [not named.isdisjoint(hop1) for named in names]
+                # texts naming the entity or a 1-hop neighbour of it (bisection: a hub costs no more)
+                hit = is_neighbour(self.kg, ents[n], named_ent) | (named_ent == ents[n])
+                exclude[n] = np.bincount(named_text[hit], minlength=keep.size) > 0
                 exclude[n, out[0]] = False
                 candidates = keep.size - int(exclude[n].sum())  # every text it is not excluded from
             else:

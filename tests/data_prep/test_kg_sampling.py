@@ -6,9 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ckbert.data_prep import kg_store
 from ckbert.data_prep.kg_store import (
     build_store_from_file,
     enumerate_negatives,
+    is_neighbour,
     sample_negatives,
     walk_negatives,
 )
@@ -107,3 +109,30 @@ def test_leaf_and_degenerate_requests(store):
     assert sample_negatives(store, leaf, 4, rng) == [] and walk_negatives(store, leaf, 4, rng) == []
     i = entities_with_far(store, 5, 10**9, 1)[0][0]
     assert walk_negatives(store, i, 0, rng) == [] and walk_negatives(store, i, 4, rng, max_hop=1) == []
+
+
+def test_is_neighbour_is_set_membership_by_bisection(inv):
+    """`is_neighbour` (bisection within each relation block of the head's sorted edges) answers what
+    membership in the head's set of tails answers: hubs, entities with many relations, leaves."""
+    degree = np.diff(np.asarray(inv.indptr))
+    heads = [int(np.argmax(degree)), *np.flatnonzero(degree > 0)[:: max(1, int((degree > 0).sum()) // 300)].tolist(),
+             int(np.flatnonzero(degree == 0)[0]) if (degree == 0).any() else 0]
+    rng = np.random.default_rng(0)
+    relations_seen = 0
+    for i in heads:
+        rels, tails = inv.neighbors(i)
+        relations_seen = max(relations_seen, len(set(rels.tolist())))
+        xs = np.concatenate([tails, rng.integers(0, inv.num_entities, size=200)])
+        expected = np.isin(xs, tails)
+        assert (is_neighbour(inv, i, xs) == expected).all()
+    assert relations_seen > 3 and degree.max() > 100  # the cases the bisection has to get right
+
+
+def test_walks_are_the_same_with_the_bisection_as_with_a_set(inv, monkeypatch):
+    """The walks' 1-hop test changed from a sorted copy of the whole neighbour list to bisection; the
+    negatives drawn are identical (same generator stream, same answers)."""
+    picks = np.flatnonzero(np.diff(np.asarray(inv.indptr)) > 0)[:150].tolist()
+    fast = [walk_negatives(inv, i, 4, np.random.default_rng(i)) for i in picks]
+    monkeypatch.setattr(kg_store, "is_neighbour", lambda store, i, xs: np.isin(xs, store.neighbors(i)[1]))
+    slow = [walk_negatives(inv, i, 4, np.random.default_rng(i)) for i in picks]
+    assert fast == slow and sum(map(len, fast)) > 300
