@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ckbert.data_prep.readers import Tally, check_input_file, read_lines
+from ckbert.data_prep.readers import Tally, base_name, check_input_file, read_lines
 from ckbert.errors import UserError
 
 FORMAT_VERSION = 1
@@ -44,7 +44,7 @@ _ARRAYS = (
 
 def iter_triples(path: Path, fmt: str | None, tally: Tally) -> Iterator[tuple[str, str, str]]:
     """Yield (head, relation, tail) from a TSV or CSV file; bad rows are counted in `tally`."""
-    fmt = fmt or ("csv" if path.suffix.lower() == ".csv" else "tsv")
+    fmt = fmt or ("csv" if base_name(path).suffix.lower() == ".csv" else "tsv")
     if fmt not in ("tsv", "csv"):
         raise UserError(f"unknown KG format {fmt!r} (tsv or csv)")
     name = path.name
@@ -123,9 +123,10 @@ def build_store_from_file(
         h, r, t = _read_triples(p, fmt, tally)
         parts.append((h, r, t))
         if len(paths) > 1:
-            if p.stem in graphs:
-                raise UserError(f"two KG files named {p.stem!r}: each file is a graph named by its stem", path=p)
-            graphs[p.stem] = sorted(set(r.unique().to_pylist()) - {desc_relation})
+            stem = base_name(p).stem
+            if stem in graphs:
+                raise UserError(f"two KG files named {stem!r}: each file is a graph named by its stem", path=p)
+            graphs[stem] = sorted(set(r.unique().to_pylist()) - {desc_relation})
     if len(parts) > 1:
         h, r, t = (pa.concat_arrays([part[i] for part in parts]) for i in range(3))
     source = str(paths[0]) if len(paths) == 1 else " ".join(map(str, paths))
@@ -140,7 +141,7 @@ def _read_triples(path: Path, fmt: str | None, tally: Tally):
     import pyarrow.csv as pacsv
 
     check_input_file(path)
-    fmt = fmt or ("csv" if path.suffix.lower() == ".csv" else "tsv")
+    fmt = fmt or ("csv" if base_name(path).suffix.lower() == ".csv" else "tsv")
     if fmt not in ("tsv", "csv"):
         raise UserError(f"unknown KG format {fmt!r} (tsv or csv)")
     skip = 0
@@ -165,8 +166,8 @@ def _read_triples(path: Path, fmt: str | None, tally: Tally):
             convert_options=pacsv.ConvertOptions(column_types={c: pa.large_string() for c in "hrt"},
                                                  strings_can_be_null=False, quoted_strings_can_be_null=False),
         )
-    except pa.ArrowInvalid as exc:
-        for _ in read_lines(path):  # finds and reports the line with invalid UTF-8, if that is the cause
+    except (pa.ArrowInvalid, OSError) as exc:
+        for _ in read_lines(path):  # finds and reports the line with invalid UTF-8 (or a damaged file)
             pass
         raise UserError(f"cannot parse the KG file: {str(exc).splitlines()[0]}", path=path) from None
     h, r, t = (pc.utf8_trim_whitespace(table[c].combine_chunks()) for c in "hrt")

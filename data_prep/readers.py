@@ -1,6 +1,7 @@
 """Corpus readers: plain text, JSON Lines and People's Daily style pre-tagged text.
 
-Every format is read line by line (`read_lines`), so no corpus is ever held in memory. One input line
+Every format is read line by line (`read_lines`), so no corpus is ever held in memory; a file
+ending in `.gz` or `.zst` is decompressed while it is read (`open_input`). One input line
 is one document; its id is ``<file name>:L<line>`` (JSON Lines: the value of `--id-field` when the
 record has it), and sentence k of it has the id ``<doc id>#<k>``. Bad bytes stop the run with a
 one-line `UserError` naming file and line; sentences that cannot be used are counted by reason in a
@@ -9,6 +10,7 @@ one-line `UserError` naming file and line; sentences that cannot be used are cou
 
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from ckbert.data_prep.text import has_chinese, has_traditional, normalize, split
 from ckbert.errors import UserError
 
 FORMATS = ("text", "jsonl", "pretagged")
+COMPRESSION = {".gz": "gzip", ".zst": "zstd"}  # file suffix -> pyarrow codec
 
 
 @dataclass
@@ -65,16 +68,40 @@ class Tally:
         return cls(Counter(d.get("skipped", {})), Counter(d.get("notes", {})), dict(d.get("first", {})))
 
 
+def base_name(path: Path) -> Path:
+    """`path` without a compression suffix (`kg.tsv.gz` -> `kg.tsv`): what its suffix and stem mean."""
+    return path.with_suffix("") if path.suffix.lower() in COMPRESSION else path
+
+
+def open_input(path: Path) -> io.BufferedIOBase:
+    """The bytes of `path`, decompressed on the fly when it ends in `.gz` or `.zst`."""
+    codec = COMPRESSION.get(path.suffix.lower())
+    if codec is None:
+        return path.open("rb")
+    import pyarrow as pa
+
+    return io.BufferedReader(pa.input_stream(str(path), compression=codec))
+
+
+def _decompress_error(path: Path, exc: Exception) -> UserError:
+    return UserError(f"cannot decompress ({str(exc).splitlines()[0]})", path=path)
+
+
 def check_input_file(path: Path) -> None:
-    """Fail early, with the file name, on a missing, empty or binary input."""
+    """Fail early, with the file name, on a missing, empty, binary or undecompressable input."""
     if not path.exists():
         raise UserError("file not found", path=path)
     if not path.is_file():
         raise UserError("not a regular file", path=path)
     if path.stat().st_size == 0:
         raise UserError("empty file", path=path)
-    with path.open("rb") as f:
-        head = f.read(8192)
+    try:
+        with open_input(path) as f:
+            head = f.read(8192)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid / IOError are ValueError / OSError
+        raise _decompress_error(path, exc) from None
+    if not head:
+        raise UserError("empty file (after decompression)", path=path)
     if b"\x00" in head:
         offset = head.index(b"\x00")
         raise UserError(f"binary file (NUL byte at offset {offset}), expected UTF-8 text", path=path)
@@ -84,8 +111,15 @@ def read_lines(path: Path, start_line: int = 1, max_chars: int | None = None) ->
     """Yield (line number, decoded line without its newline); stops after `max_chars` characters."""
     check_input_file(path)
     chars = 0
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
+    with open_input(path) as f:
+        lines = enumerate(f, 1)
+        while True:
+            try:
+                lineno, raw = next(lines)
+            except StopIteration:
+                return
+            except (OSError, ValueError) as exc:  # a truncated or damaged compressed file
+                raise _decompress_error(path, exc) from None
             if b"\x00" in raw:
                 raise UserError("binary data (NUL byte), expected UTF-8 text", path=path, line=lineno)
             try:

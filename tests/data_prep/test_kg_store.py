@@ -178,6 +178,32 @@ def test_several_files_merge_into_one_graph_with_named_parts(tmp_path, cmekg_tri
         build_store_from_file([files[0], files[0]], None, tmp_path / "kg2", tally=Tally())
 
 
+@pytest.mark.parametrize("codec, suffix", [("gzip", ".gz"), ("zstd", ".zst")])
+def test_compressed_triple_files(tmp_path, kg_tsv, codec, suffix):
+    """`.tsv.gz` / `.csv.zst`: the same store as the plain file; the format and the graph name come
+    from the name without the compression suffix."""
+    import pyarrow as pa
+
+    def compress(src, name):
+        path = tmp_path / (name + suffix)
+        with pa.output_stream(str(path), compression=codec) as out:
+            out.write(src.read_bytes())
+        return path
+
+    plain = build_store_from_file(kg_tsv, None, tmp_path / "plain", tally=Tally())
+    assert build_store_from_file(compress(kg_tsv, "g.tsv"), None, tmp_path / "z", tally=Tally()).fingerprint \
+        == plain.fingerprint
+    csv_file = tmp_path / "g.csv"
+    csv_file.write_text("实体,属性,值\n" + "".join(",".join(f'"{x}"' for x in ln.split("\t")) + "\n"
+                                                for ln in kg_tsv.read_text("utf-8").splitlines()), encoding="utf-8")
+    assert build_store_from_file(compress(csv_file, "g.csv"), None, tmp_path / "c", tally=Tally()).fingerprint \
+        == plain.fingerprint
+    other = tmp_path / "other.tsv"
+    other.write_text("甲\t乙\t丙\n", encoding="utf-8")
+    merged = build_store_from_file([compress(kg_tsv, "cmekg.tsv"), other], None, tmp_path / "m", tally=Tally())
+    assert set(merged.meta["graphs"]) == {"cmekg", "other"}
+
+
 def test_kg_stats_cli(store, capsys):
     assert kg_stats.main([str(store.path)]) == 0
     out = capsys.readouterr().out

@@ -122,3 +122,29 @@ def test_bad_jsonl_and_pretagged_lines():
         parse_line("jsonl", "c.jsonl", 2, '{"body": "中文"}', Tally())
     with pytest.raises(UserError, match="t.txt:9: expected word/TAG"):
         parse_line("pretagged", "t.txt", 9, "迈向/v  充满", Tally())
+
+
+@pytest.mark.parametrize("codec, suffix", [("gzip", ".gz"), ("zstd", ".zst")])
+def test_compressed_corpus_reads_like_the_plain_file(tmp_path, pd_file, codec, suffix):
+    """`.gz` / `.zst` corpora are decompressed while read: the same numbered lines as the plain file;
+    a damaged file is a one-line error naming it, and bad UTF-8 inside still names its line."""
+    import pyarrow as pa
+
+    def compress(data: bytes, name: str):
+        path = tmp_path / (name + suffix)
+        with pa.output_stream(str(path), compression=codec) as out:
+            out.write(data)
+        return path
+
+    packed = compress(pd_file.read_bytes(), "pd.txt")
+    assert list(read_lines(packed)) == list(read_lines(pd_file))
+    assert list(read_lines(packed, max_chars=500)) == list(read_lines(pd_file, max_chars=500))
+    damaged = tmp_path / ("damaged.txt" + suffix)
+    damaged.write_bytes(packed.read_bytes()[: len(packed.read_bytes()) // 2])
+    with pytest.raises(UserError, match=f"damaged.txt{suffix}: cannot decompress"):
+        list(read_lines(damaged))
+    bad = compress("第一行\n".encode() + b"\xc3\x28\n", "bad.txt")
+    with pytest.raises(UserError, match=f"bad.txt{suffix}:2: invalid UTF-8"):
+        list(read_lines(bad))
+    with pytest.raises(UserError, match="empty file"):
+        list(read_lines(compress(b"", "empty.txt")))
