@@ -31,6 +31,13 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def step_folders(root: Path) -> list[Path]:
+    """The finished `step-N` folders of `root`, oldest first by step number (not by name: past
+    step 999,999 the zero-padded names no longer sort as numbers)."""
+    done = [p for p in root.glob("step-*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(done, key=lambda p: int(p.name[5:]))
+
+
 def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's parameters and buffers on CPU, contiguous (safetensors needs both)."""
     return {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
@@ -56,8 +63,7 @@ def save_checkpoint(out_dir: str | Path, step: int, model_state: dict[str, torch
         shutil.rmtree(final)
     os.replace(tmp, final)
     _atomic_write_text(root / "latest", final.name + "\n")
-    done = sorted(p for p in root.glob("step-*") if p.is_dir())
-    for old in done[:-keep]:
+    for old in step_folders(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

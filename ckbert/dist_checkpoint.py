@@ -44,6 +44,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from ckbert.checkpoint import step_folders
 from ckbert.config import read_json
 from ckbert.errors import UserError
 from ckbert.parallel import DistEnv
@@ -145,8 +146,7 @@ def save_sharded(
         pointer_tmp.write_text(final.name + "\n", encoding="utf-8")
         os.replace(pointer_tmp, root / LATEST)
         if keep > 0:
-            done = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
-            for old in done[:-keep]:
+            for old in step_folders(root)[:-keep]:
                 shutil.rmtree(old)
     _barrier(env)
     return final

@@ -219,3 +219,17 @@ def test_batch_ramp_takes_more_micro_batches_per_step_as_the_budget_is_spent(tmp
     state = json.loads((tmp_path / "out" / "checkpoints" / "step-000006" / "trainer_state.json").read_text())
     # progress s/6 before step s: 1, 1, 2, 3, 3, 3 micro-batches (ckbert.optim.ramped_accum)
     assert (state["epoch"], state["samples_in_epoch"]) == (0, 13 * 2), state
+
+
+def test_checkpoint_pruning_orders_steps_by_number(tmp_path):
+    """Past step 999,999 the zero-padded folder names stop sorting as numbers; pruning keeps the
+    newest steps by number."""
+    import torch
+
+    from ckbert.checkpoint import save_checkpoint, step_folders
+
+    state = {"w": torch.zeros(2)}
+    for step in (999_998, 999_999, 1_000_000):
+        save_checkpoint(tmp_path, step, state, {}, {}, {}, {"step": step}, keep=2)
+    assert [p.name for p in step_folders(tmp_path / "checkpoints")] == ["step-999999", "step-1000000"]
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-1000000"
