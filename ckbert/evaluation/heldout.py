@@ -77,11 +77,16 @@ def eval_rows_for(hf_config: Any, n_rows: int, requested: int | None, source: An
 
 
 def unigram_log_probs(dataset, n_train: int, vocab_size: int) -> torch.Tensor:
-    """log p(token) [V] from the token counts of rows [0, n_train), add-one smoothed."""
+    """log p(token) [V] from the token counts of rows [0, n_train), add-one smoothed. Counted chunk by
+    chunk of the memory-mapped Arrow column (a shard's rows at a time), so memory is O(vocabulary +
+    one chunk), not a copy of every training token."""
     column = dataset.data.column("input_ids").slice(0, n_train)  # Arrow list<int> column, no Python rows
-    flat = np.concatenate([np.asarray(chunk.flatten()) for chunk in column.chunks]) if column.num_chunks else np.zeros(0)
-    counts = np.bincount(flat.astype(np.int64), minlength=vocab_size)[:vocab_size].astype(np.float64) + 1.0
-    return torch.from_numpy(np.log(counts / counts.sum())).float()
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for chunk in column.chunks:
+        ids = np.asarray(chunk.flatten())
+        counts += np.bincount(ids, minlength=vocab_size)[:vocab_size]
+    smoothed = counts.astype(np.float64) + 1.0
+    return torch.from_numpy(np.log(smoothed / smoothed.sum())).float()
 
 
 def mean_pairwise_cosine(hidden: torch.Tensor, attention_mask: torch.Tensor, max_positions: int = 256) -> torch.Tensor:
