@@ -122,8 +122,12 @@ def metrics(graphs: list[str]) -> list[tuple[str, str, bool]]:
         out += [(cloze_key(g, grp), f"cloze probe{where}, {grp} heads: acc@1 (%)", True) for grp in ("seen", "held_out")]
     out += [("ner_f1", "PD NER test F1 (%)", True), *((f"ner_f1_{t}", f"PD NER test F1, {t} (%)", True)
                                                      for t in NER_TYPES),
-            ("sentiment_acc", "sentiment test acc (%)", True), ("pretrain_s", "pretrain wall s", False)]
+            ("sentiment_acc", "sentiment test acc (%)", True), ("steps", "optimizer steps in the time box", True),
+            ("pretrain_s", "pretrain wall s", False)]
     return out
+
+
+NOT_COMPARED = ("steps", "pretrain_s")  # bookkeeping rows: no differences between arms
 
 
 def rel_key(graph: str | None, short: str) -> str:
@@ -473,7 +477,7 @@ def markdown(agg: dict, arms: list[str], seeds: list[int], metric_list: list[tup
                       "the seed spread; `noise` = |difference| < 2 SE (a rough screen).", "",
                   "| metric | " + " | ".join(f"{y} − {x}" for x, y in pairs) + " |",
                   "| --- | " + " | ".join("---" for _ in pairs) + " |"]
-        for key, title, higher in metric_list[:-1]:
+        for key, title, higher in (m for m in metric_list if m[0] not in NOT_COMPARED):
             cells = []
             for x, y in pairs:
                 d = paired(results, x, y, key, heads[key]) if results and heads and key in heads else None
@@ -559,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
 
     plot_loss_curves({a: [out / "runs" / f"{a}-seed{sd}" / "metrics.jsonl" for sd in args.seeds]
                       for a in args.arms if a != "s"}, {a: ARMS[a][0] for a in args.arms}, out / "loss_curves.png")
-    plot_ablation_metrics(agg, {a: ARMS[a][0] for a in args.arms}, [(k, t) for k, t, _ in metric_list[:-1]],
+    plot_ablation_metrics(agg, {a: ARMS[a][0] for a in args.arms}, [(k, t) for k, t, _ in metric_list if k not in NOT_COMPARED],
                           out / "ablation_metrics.png")
     print(md)
     print(f"wall {record['wall_s']:.0f} s; wrote {out / 'results.md'}, {out / 'loss_curves.png'}, "
