@@ -34,7 +34,6 @@ CMRM_STAT_KEYS = ("mentions", "no_positive", "no_negative", "shortfall", "missin
 POSITIVE_TRIES = 8
 
 
-
 def sample_text(kg: KGStore, mention: str, rel: int | None, tail: int, cmrm: CMRMConfig) -> str:
     """A CMRM sample: the mention's entity name (unless `cmrm.render` is "tail"), then (optionally)
     the relation, then the tail's name, cut to `cmrm.sample_chars` characters (method.md, section 2).

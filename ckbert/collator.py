@@ -85,7 +85,6 @@ class PretrainCollator:
         self.tok = tokenizer
         self.masking = masking
         self.cmrm = cmrm
-        self.kg = kg
         self.seed = seed
         self.max_length = max_length
         self.pad_to_multiple_of = pad_to_multiple_of
