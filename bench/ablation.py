@@ -34,9 +34,9 @@ Seed s gives every arm the same batch order and masks draw. Each (arm, seed) is 
   per graph;
 - People's Daily NER F1 (overall and per entity type) and review sentiment accuracy (test) after
   fine-tuning with the task recipes of configs/finetune (fine-tuning seed = the pretraining seed).
-Probe numbers carry 95% intervals: every arm and seed answers the same items, so the per-item
-accuracy is averaged over seeds and resampled by head entity (`probe.bootstrap_ci`); differences
-between arms are paired the same way. The other numbers get mean, sample std and range over seeds.
+Probe numbers carry 95% intervals: every arm and seed answers the same items, and the bootstrap
+resamples seeds and, independently, head entities (all items of a head together); differences between
+arms are paired per seed and item. The other numbers get mean, sample std and range over seeds.
 The probe item sets are built once for all arms. Writes OUT/runs/<arm>-seed<s>/ (training run, hf/,
 result.json, log.txt), OUT/results.json, OUT/results.md, OUT/loss_curves.png and
 OUT/ablation_metrics.png. A finished (arm, seed) is reused when OUT is run again with the same
@@ -398,20 +398,38 @@ def spread(values: list[float]) -> dict[str, float]:
             "min": min(values), "max": max(values)}
 
 
-def seed_mean_items(results: list[dict[str, Any]], arm: str, key: str) -> np.ndarray | None:
-    """The per-item accuracy of `key` averaged over the arm's seeds (None unless every seed has it)."""
-    per_seed = [r.get("items", {}).get(key) for r in results if r["arm"] == arm]
+def seed_items(results: list[dict[str, Any]], arm: str, key: str) -> np.ndarray | None:
+    """[seeds, items]: the per-item accuracy of `key` in each of the arm's runs, in seed order (None
+    unless every seed has it). Every arm and seed answers the same items."""
+    runs = sorted((r for r in results if r["arm"] == arm), key=lambda r: r["seed"])
+    per_seed = [r.get("items", {}).get(key) for r in runs]
     if not per_seed or any(x is None for x in per_seed) or len({len(x) for x in per_seed}) != 1 or not per_seed[0]:
         return None
-    return np.mean(np.array(per_seed, dtype=np.float64), axis=0)
+    return np.array(per_seed, dtype=np.float64)
+
+
+def seeds_and_heads_ci(values: np.ndarray, clusters: list, samples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """values [S, n] (per seed, per item) -> the 95% percentile interval of the mean, resampling seeds
+    and, independently, head entities (all the items of a head together) with replacement."""
+    ids = {c: i for i, c in enumerate(dict.fromkeys(clusters))}
+    index = np.fromiter((ids[c] for c in clusters), dtype=np.int64, count=len(clusters))
+    sums = np.zeros((values.shape[0], len(ids)))
+    for s_i in range(values.shape[0]):
+        np.add.at(sums[s_i], index, values[s_i])
+    counts = np.bincount(index, minlength=len(ids)).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    draw_s = rng.integers(values.shape[0], size=(samples, values.shape[0]))  # [B, S]
+    draw_h = rng.integers(len(ids), size=(samples, len(ids)))  # [B, H]
+    per_seed = np.take_along_axis(sums[draw_s], draw_h[:, None, :], axis=2).sum(2)  # [B, S]
+    means = per_seed.mean(1) / counts[draw_h].sum(1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def aggregate(results: list[dict[str, Any]], arms: list[str], metric_list: list[tuple[str, str, bool]] | None = None,
               heads: dict[str, list] | None = None) -> dict[str, dict[str, dict[str, float]]]:
     """Per arm and metric: spread over seeds, and for a probe metric with `heads` the 95% interval of
-    the seed-averaged per-item accuracy, resampled by head (`ci95`)."""
-    from ckbert.evaluation.probe import bootstrap_ci
-
+    its mean resampling seeds and heads (`ci95`, `seeds_and_heads_ci`)."""
     agg: dict[str, dict[str, dict[str, float]]] = {}
     for arm in arms:
         runs = [r for r in results if r["arm"] == arm]
@@ -421,10 +439,10 @@ def aggregate(results: list[dict[str, Any]], arms: list[str], metric_list: list[
             if not vals:
                 continue
             agg[arm][key] = spread(vals)
-            items = seed_mean_items(results, arm, key)
-            if heads and key in heads and items is not None and len(items) == len(heads[key]):
-                (lo, hi), = bootstrap_ci(items[:, None], heads[key])
-                agg[arm][key].update({"ci95": [lo, hi], "items": len(items), "heads": len(set(heads[key]))})
+            items = seed_items(results, arm, key)
+            if heads and key in heads and items is not None and items.shape[1] == len(heads[key]):
+                agg[arm][key].update({"ci95": list(seeds_and_heads_ci(items, heads[key])), "items": items.shape[1],
+                                      "heads": len(set(heads[key]))})
     return agg
 
 
@@ -439,14 +457,17 @@ def compare(agg: dict, a: str, b: str, key: str) -> tuple[float, float] | None:
 
 
 def paired(results: list[dict[str, Any]], a: str, b: str, key: str, heads: list) -> tuple[float, float, float] | None:
-    """(b - a, 95% interval) of a probe metric: per item, the seed-averaged accuracy of b minus a's
-    (the same items for every arm), resampled by head."""
-    from ckbert.evaluation.probe import bootstrap_ci
-
-    x, y = seed_mean_items(results, a, key), seed_mean_items(results, b, key)
-    if x is None or y is None or len(x) != len(y) or len(x) != len(heads):
+    """(b - a, 95% interval) of a probe metric, paired: per seed and item, b's accuracy minus a's (seed
+    s gives every arm the same batches; every arm answers the same items), seeds and heads resampled.
+    An arm with one run (the starter) is paired with each seed of the other."""
+    x, y = seed_items(results, a, key), seed_items(results, b, key)
+    if x is None or y is None or x.shape[1] != y.shape[1] or x.shape[1] != len(heads):
         return None
-    (lo, hi), = bootstrap_ci((y - x)[:, None], heads)
+    if x.shape[0] != y.shape[0]:
+        if 1 not in (x.shape[0], y.shape[0]):
+            return None
+        x, y = np.broadcast_arrays(x, y)
+    lo, hi = seeds_and_heads_ci(y - x, heads)
     return float((y - x).mean()), lo, hi
 
 
@@ -461,9 +482,8 @@ def markdown(agg: dict, arms: list[str], seeds: list[int], metric_list: list[tup
             return f"{st['mean']:.1f} [{st['ci95'][0]:.1f}, {st['ci95'][1]:.1f}] (sd {sd})"
         return f"{st['mean']:.{digits}f} ± {sd} [{st['min']:.{digits}f}, {st['max']:.{digits}f}]"
 
-    lines = [f"Seeds {seeds}. Probe rows: mean acc@1 [95% interval: per-item accuracy averaged over seeds, "
-             "resampled by head entity] (sample std of the seeds' means); other rows: mean ± sample std "
-             "[min, max] over seeds.", "",
+    lines = [f"Seeds {seeds}. Probe rows: mean acc@1 [95% interval, bootstrap resampling seeds and head "
+             "entities] (sample std of the seeds' means); other rows: mean ± sample std [min, max] over seeds.", "",
              "| metric | " + " | ".join(f"({a}) {ARMS[a][0]}" for a in arms) + " |",
              "| --- | " + " | ".join("---" for _ in arms) + " |"]
     for key, title, _ in metric_list:
@@ -471,8 +491,8 @@ def markdown(agg: dict, arms: list[str], seeds: list[int], metric_list: list[tup
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     pairs = [(x, y) for x, y in PAIRS if x in arms and y in arms]
     if pairs and len(seeds) > 1:
-        lines += ["", "Differences (second minus first). Probe rows: the paired difference of per-item "
-                      "accuracy (seed-averaged) with its 95% interval resampled by head; `no effect` = the "
+        lines += ["", "Differences (second minus first). Probe rows: the difference of accuracy, paired per "
+                      "seed and item, with its 95% interval resampling seeds and heads; `no effect` = the "
                       "interval holds 0. Other rows: difference of seed means against 2 standard errors of "
                       "the seed spread; `noise` = |difference| < 2 SE (a rough screen).", "",
                   "| metric | " + " | ".join(f"{y} − {x}" for x, y in pairs) + " |",

@@ -135,8 +135,8 @@ def test_ablation_summary_and_noise_screen(bench_module):
 
 
 def test_ablation_probe_intervals_are_over_heads_and_paired(bench_module):
-    """Probe metrics: per-item accuracy averaged over seeds, resampled by head; arm differences are
-    paired per item. An arm right on every item beats one right on none; equal arms give 'no effect'."""
+    """Probe metrics: intervals resample seeds and heads; arm differences are paired per seed and
+    item. An arm right on every item beats a coin; identical arms differ by exactly 0."""
     bench = bench_module("ablation")
     key = "rel_seen_hop_tail_acc"
     heads = {key: [h for h in range(20) for _ in range(3)]}  # 20 heads, 3 items each
@@ -155,6 +155,11 @@ def test_ablation_probe_intervals_are_over_heads_and_paired(bench_module):
     diff, lo, hi = bench.paired(runs, "a", "k", key, heads[key])
     assert diff == pytest.approx(100.0 - agg["a"][key]["mean"]) and 0 < lo <= diff <= hi
     assert bench.paired(runs, "a", "c", key, heads[key]) == (0.0, 0.0, 0.0)  # identical items: no spread
+    # the seeds are resampled too: two seeds that disagree on every item give a wide interval,
+    # where averaging over seeds first would give none
+    split = [run("b", 0, [0.0] * 60), run("b", 1, [100.0] * 60)]
+    lo, hi = bench.aggregate(split, ["b"], bench.metrics([]), heads)["b"][key]["ci95"]
+    assert lo == 0.0 and hi == 100.0
     md = bench.markdown(agg, ["a", "k"], [0, 1], bench.metrics([]), runs, heads)
     assert "better" in md.split("relation probe, seen, tail texts, vs hop 2-3: acc@1 (%) |")[-1].splitlines()[0]
 
