@@ -96,7 +96,7 @@ class CMRMSampler:
         return None
 
     def samples(self, mentions, rng, texts: dict[str, int], stats: dict[str, int],
-                 prefix: dict[str, int] | None = None, tails: dict[str, int] | None = None):
+                prefix: dict[str, int] | None = None, tails: dict[str, int] | None = None):
         """Per kept mention (start, end, entity): [positive, K negatives] as indices into `texts`
         (-1 = missing); `prefix` gets each text's name length in characters (where its tail
         starts), `tails` the entity each text names (-1 for a description)."""
@@ -139,8 +139,7 @@ class CMRMSampler:
         return kept, slots
 
     def tokenize(self, texts: list[str], slots: list[list[int]], stats: dict[str, int],
-                          prefix: dict[str, int], tails: dict[str, int] | None = None,
-                          ents: list[int] | None = None):
+                 prefix: dict[str, int], tails: dict[str, int] | None = None, ents: list[int] | None = None):
         """Tokenize the unique texts in one call, then merge texts that tokenize identically (e.g.
         names differing only in [UNK] characters): a negative identical to its positive, or to an
         earlier negative, is dropped and counted as a missing slot.

@@ -42,17 +42,26 @@ _ARRAYS = (
 )
 
 
-def iter_triples(path: Path, fmt: str | None, tally: Tally) -> Iterator[tuple[str, str, str]]:
-    """Yield (head, relation, tail) from a TSV or CSV file; bad rows are counted in `tally`."""
+def triple_format(path: Path, fmt: str | None) -> str:
+    """"tsv" or "csv": `fmt`, else from the name without a compression suffix; a CSV must open with
+    a 3-column header line."""
     fmt = fmt or ("csv" if base_name(path).suffix.lower() == ".csv" else "tsv")
     if fmt not in ("tsv", "csv"):
         raise UserError(f"unknown KG format {fmt!r} (tsv or csv)")
+    if fmt == "csv":
+        first = next(read_lines(path), None)
+        if first is None or len(next(csv.reader([first[1]]))) != 3:
+            raise UserError("CSV KG needs a header with 3 columns (e.g. 实体,属性,值)", path=path, line=1)
+    return fmt
+
+
+def iter_triples(path: Path, fmt: str | None, tally: Tally) -> Iterator[tuple[str, str, str]]:
+    """Yield (head, relation, tail) from a TSV or CSV file; bad rows are counted in `tally`."""
+    fmt = triple_format(path, fmt)
     name = path.name
     lines = read_lines(path)
     if fmt == "csv":
-        header = next(lines, None)
-        if header is None or len(next(csv.reader([header[1]]))) != 3:
-            raise UserError("CSV KG needs a header with 3 columns (e.g. 实体,属性,值)", path=path, line=1)
+        next(lines)  # the header
     for lineno, line in lines:
         if not line.strip():
             continue
@@ -141,15 +150,8 @@ def _read_triples(path: Path, fmt: str | None, tally: Tally):
     import pyarrow.csv as pacsv
 
     check_input_file(path)
-    fmt = fmt or ("csv" if base_name(path).suffix.lower() == ".csv" else "tsv")
-    if fmt not in ("tsv", "csv"):
-        raise UserError(f"unknown KG format {fmt!r} (tsv or csv)")
-    skip = 0
-    if fmt == "csv":
-        first = next(read_lines(path), None)
-        if first is None or len(next(csv.reader([first[1]]))) != 3:
-            raise UserError("CSV KG needs a header with 3 columns (e.g. 实体,属性,值)", path=path, line=1)
-        skip = 1
+    fmt = triple_format(path, fmt)
+    skip = 1 if fmt == "csv" else 0
 
     def bad_row(row) -> str:
         where = f"{path.name}:{row.number}" if row.number is not None else path.name  # 1-based file line

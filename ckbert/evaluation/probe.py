@@ -362,9 +362,11 @@ def main(argv: list[str]) -> int:
         report = run_relation(model, args, stats, record)
     else:
         report = run_cloze(model, args, stats, record)
+    from ckbert.evaluation.relation_probe import CONTROL
+
     print(", ".join(f"{k}={v}" for k, v in sorted(stats.items())))
-    # the "control: another mention's anchor" rows are a diagnostic (relation_probe.CONTROL): in --out only
-    print(markdown({g: r for g, r in report.items() if "control:" not in g}), end="")
+    # the anchor-swap rows (CONTROL) are a diagnostic: in --out only
+    print(markdown({g: r for g, r in report.items() if CONTROL not in g}), end="")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(args.out, json.dumps({**record, "stats": stats, "groups": report}, ensure_ascii=False,
