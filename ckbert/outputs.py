@@ -16,12 +16,14 @@ Standard library and `ckbert.errors` only, so `data_prep` may use it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ckbert.errors import UserError
 
@@ -150,3 +152,10 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    """`data` as indented UTF-8 JSON, written atomically (`write_text_atomic`); parent folders made."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")

@@ -16,10 +16,10 @@ from typing import Any
 
 from ckbert.errors import UserError
 from ckbert.finetune.hparams import load_config
-from ckbert.finetune.submission import write_json, write_text, write_zip
+from ckbert.finetune.submission import write_text, write_zip
 from ckbert.finetune.tasks import CLUE_TASKS, TASKS
 from ckbert.hf_load import load_tokenizer, max_positions
-from ckbert.outputs import check_out_dir, output_dir
+from ckbert.outputs import check_out_dir, output_dir, write_json
 
 # Published test-set scores from clue.md: (BERT-base, RoBERTa-wwm-ext). Ours are dev scores.
 REFERENCE: dict[str, tuple[float, float]] = {

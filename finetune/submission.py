@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
 
 from ckbert.outputs import write_text_atomic
 
@@ -18,10 +16,6 @@ def write_text(path: Path, text: str) -> None:
     the temporary one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, text)
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
 def zip_name(name: str, date: dt.date | None = None) -> str:

@@ -17,10 +17,11 @@ from typing import Any
 from ckbert.config import to_dict
 from ckbert.errors import UserError
 from ckbert.finetune.hparams import FinetuneConfig
-from ckbert.finetune.submission import write_json, write_text, write_zip
+from ckbert.finetune.submission import write_text, write_zip
 from ckbert.finetune.tasks import get_task
 from ckbert.finetune.trainer import device_name, fit, predict, set_seed
 from ckbert.hf_load import load_tokenizer, max_positions
+from ckbert.outputs import write_json
 
 
 def load_splits(task: Any, data_dir: Path | None, cfg: FinetuneConfig, stats: dict[str, int]) -> dict[str, list]:

@@ -25,7 +25,6 @@ names in `--seen-heads`.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from ckbert.data_prep.kg_store import INVERSE_SUFFIX
 from ckbert.errors import UserError
 from ckbert.evaluation.heldout import SPLITS
 from ckbert.hf_load import check_model_dir, load_model, load_tokenizer
-from ckbert.outputs import check_out_file, write_text_atomic
+from ckbert.outputs import check_out_file, write_json
 
 DEFAULT_TEMPLATE = "{head}的{relation}是{tail}。"
 
@@ -368,9 +367,7 @@ def main(argv: list[str]) -> int:
     # the anchor-swap rows (CONTROL) are a diagnostic: in --out only
     print(markdown({g: r for g, r in report.items() if CONTROL not in g}), end="")
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(args.out, json.dumps({**record, "stats": stats, "groups": report}, ensure_ascii=False,
-                                               indent=2) + "\n")
+        write_json(args.out, {**record, "stats": stats, "groups": report})
     return 0
 
 
